@@ -1,0 +1,29 @@
+"""keras-sphereface: SphereFace-family deep hypersphere face recognition for Keras 3.
+
+The public API. Names are imported on first use so that `import keras_sphereface` stays
+cheap and the core (margins, backbones, models) works on the JAX and PyTorch backends
+without TensorFlow installed; only the TF-specific parts (tf.data, export) need it.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_PUBLIC_API = {
+    "MarginSoftmax": "keras_sphereface.margins",
+    "UserInputError": "keras_sphereface.errors",
+    "align_face": "keras_sphereface.alignment.warp",
+}
+
+__all__ = sorted(_PUBLIC_API)
+
+
+def __getattr__(name):
+    if name in _PUBLIC_API:
+        return getattr(importlib.import_module(_PUBLIC_API[name]), name)
+    raise AttributeError(f"module 'keras_sphereface' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

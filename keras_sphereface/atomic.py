@@ -1,0 +1,67 @@
+"""Write files and directories so that a crash never leaves a half-written result.
+
+Everything the project writes that a user would lose sleep over (checkpoints, exports,
+aligned crops, reports, caches) goes through these two helpers: the content is written to a
+temporary name in the same directory, flushed, and then renamed over the final name, which is
+atomic on POSIX file systems. A kill at any moment leaves either the old file or the new one.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success rename it to `path`.
+
+    The caller writes the file at the yielded path (any writer that takes a path works,
+    e.g. `model.save`, `np.savez`, `cv2.imwrite`). On an exception the temporary file is
+    removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite=False):
+    """Yield a temporary directory beside `path`; on success rename it to `path`.
+
+    If `path` exists and `overwrite` is False, raise FileExistsError before anything is
+    written. With `overwrite=True` the old directory is replaced only once the new one is
+    complete (it is moved aside, the new one renamed in, then the old one deleted).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"Expected a path that does not exist yet (pass overwrite=True to replace it). "
+            f"Received: {path}"
+        )
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
