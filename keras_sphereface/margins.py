@@ -1,0 +1,475 @@
+"""MarginSoftmax: one Keras 3 layer for the angular-margin softmax family.
+
+Notation: x the feature, W_j the class-j column of `kernel`, θ_j the angle between them,
+y the true class, s the scale. Every mode computes the plain logits of the table below for
+all classes and then replaces the true-class entry (one value per sample) by its margin
+version; CurricularFace also re-weights the hard negatives.
+
+| mode                  | ‖W‖=1 | ‖x‖=1 | true-class logit               | other logits  |
+|-----------------------|-------|-------|--------------------------------|---------------|
+| softmax               | no    | no    | W_y·x + b_y                    | W_j·x + b_j   |
+| lsoftmax              | no    | no    | ‖W_y‖‖x‖ Ψ(θ_y)                | W_j·x         |
+| sphereface/a-softmax  | yes   | no    | ‖x‖ Ψ(θ_y)                     | ‖x‖ cos θ_j   |
+| normface              | yes   | yes   | s cos θ_y                      | s cos θ_j     |
+| cosface/am-softmax    | yes   | yes   | s (cos θ_y − m)                | s cos θ_j     |
+| arcface               | yes   | yes   | s cos(θ_y + m)                 | s cos θ_j     |
+| combined              | yes   | yes   | s (cos(m1 θ_y + m2) − m3)      | s cos θ_j     |
+| curricularface        | yes   | yes   | s cos(θ_y + m)                 | s N(t, cos θ_j) |
+
+Papers: L-Softmax (Liu et al., ICML 2016), SphereFace (Liu et al., CVPR 2017), NormFace
+(Wang et al., ACM MM 2017), CosFace (Wang et al., CVPR 2018), ArcFace (Deng et al., CVPR
+2019; "combined" is its eq. 4), CurricularFace (Huang et al., CVPR 2020).
+
+A-Softmax / L-Softmax: ψ(θ) = (−1)^k cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m] with cos(mθ)
+from the Chebyshev polynomial T_m(cos θ), annealed as in the original Caffe layer:
+Ψ(θ) = (ψ(θ) + λ cos θ) / (1 + λ), λ = max(λ_min, base·(1 + γ·iteration)^(−power)).
+The iteration counter is a non-trainable layer variable (saved with the model) that advances
+once per call with `training=True`; `current_lambda()` reads λ.
+
+Angular modes (arcface, combined, curricularface): when m1·θ_y + m2 > π the cosine would
+start rising again with θ_y, rewarding a feature for moving away from its centre. Past
+that threshold θ_b = (π − m2)/m1 we use the continuous, monotone extension
+cos θ_y − cos θ_b − 1 (minus m3), i.e. a constant penalty 1 + cos θ_b. (insightface uses
+cos θ_y − m·sin m there; both only differ for θ_y > π − m, a feature almost opposite its
+centre.) `easy_margin=True` instead applies the margin only where cos θ_y > 0.
+
+Efficiency: the kernel is never normalized element-wise; the matmul result is scaled by the
+inverse column norms (a (batch, classes) multiply) and the margin, with its acos/cos, runs
+on the batch's true-class cosines only, then one `where` writes them back.
+
+Partial FC (`sample_rate` r < 1, An et al., "Partial FC", 2021/2022): in training calls
+with labels, the logits are computed for the batch's positive classes plus uniformly
+sampled negatives, ceil(r·C) classes in all (at least the batch size); the other classes
+get a logit of −1e9, i.e. zero softmax probability, so the cross-entropy equals the one
+over the sampled classes. The matmul and the kernel gradient (non-zero on sampled columns
+only) scale with r; the (batch, classes) logit tensor is still materialized so the layer
+keeps its contract with `SparseCategoricalCrossentropy`. r = 1 is exactly the full layer.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_sphereface.errors import UserInputError
+
+# mode -> (normalize weights, normalize features, default margin, default scale)
+_MODES = {
+    "softmax": (False, False, None, None),
+    "lsoftmax": (False, False, 4, None),
+    "sphereface": (True, False, 4, None),
+    "normface": (True, True, None, 30.0),
+    "cosface": (True, True, 0.35, 64.0),
+    "arcface": (True, True, 0.5, 64.0),
+    "combined": (True, True, (1.0, 0.3, 0.2), 64.0),
+    "curricularface": (True, True, 0.5, 64.0),
+}
+_ALIASES = {"a-softmax": "sphereface", "am-softmax": "cosface"}
+_ANNEALED_MODES = ("lsoftmax", "sphereface")
+_ANGULAR_MODES = ("arcface", "combined", "curricularface")
+
+# cos θ is clipped to [−1 + ε, 1 − ε] before acos, so d acos / d cos stays finite
+_COS_EPSILON = 1e-7
+# floor of ‖x‖ and ‖W_j‖: a zero vector gets a zero cosine and finite gradients
+_NORM_EPSILON = 1e-6
+# logit of the classes Partial FC did not sample (zero probability after softmax)
+_UNSAMPLED_LOGIT = -1e9
+
+
+def chebyshev_cos_multiple(cos_theta, m):
+    """cos(m·θ) from cos θ by the Chebyshev recurrence T_{n+1} = 2c·T_n − T_{n−1}."""
+    previous, current = ops.ones_like(cos_theta), cos_theta
+    for _ in range(m - 1):
+        previous, current = current, 2.0 * cos_theta * current - previous
+    return current if m >= 1 else previous
+
+
+def sphereface_psi(cos_theta, m):
+    """A-Softmax ψ(θ) = (−1)^k cos(mθ) − 2k, k = floor(m·θ/π) (SphereFace eq. 7).
+
+    Monotonically decreasing on [0, π]; `cos_theta` must lie in [−1, 1].
+    """
+    theta = ops.arccos(ops.clip(cos_theta, -1.0 + _COS_EPSILON, 1.0 - _COS_EPSILON))
+    k = ops.stop_gradient(ops.clip(ops.floor(m * theta / math.pi), 0.0, m - 1.0))
+    sign = 1.0 - 2.0 * ops.mod(k, 2.0)
+    return sign * chebyshev_cos_multiple(cos_theta, m) - 2.0 * k
+
+
+def angular_margin(cos_theta, m1, m2, m3, easy_margin=False):
+    """cos(m1·θ + m2) − m3 (ArcFace eq. 4), with the θ_b rule of the module docstring."""
+    theta = ops.arccos(ops.clip(cos_theta, -1.0 + _COS_EPSILON, 1.0 - _COS_EPSILON))
+    target = ops.cos(m1 * theta + m2) - m3
+    if easy_margin:
+        return ops.where(cos_theta > 0.0, target, cos_theta)
+    theta_b = (math.pi - m2) / m1
+    if theta_b >= math.pi:
+        return target
+    beyond = cos_theta - math.cos(theta_b) - 1.0 - m3
+    return ops.where(theta > theta_b, beyond, target)
+
+
+def _l2_norm(x, axis):
+    return ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis), _NORM_EPSILON**2))
+
+
+def _float32_policy(dtype):
+    """The layer computes in float32; a mixed policy (float32 variables) becomes float32."""
+    policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+    if policy.compute_dtype != "float32" and policy.variable_dtype == "float32":
+        return "float32"
+    return dtype
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@keras.saving.register_keras_serializable(package="keras_sphereface")
+class MarginSoftmax(keras.layers.Layer):
+    """Classification head with an (angular) margin on the true class; see module docstring.
+
+    Args:
+        num_classes: number of identities C.
+        mode: one of "softmax", "lsoftmax", "sphereface" ("a-softmax"), "normface",
+            "cosface" ("am-softmax"), "arcface", "combined", "curricularface".
+        margin: the mode's margin; None gives the paper's value (sphereface/lsoftmax m=4,
+            an integer ≥ 1; cosface 0.35; arcface 0.5; combined (m1, m2, m3) =
+            (1.0, 0.3, 0.2); curricularface 0.5). softmax and normface take none.
+        scale: s. None gives 64 (cosface, arcface, combined, curricularface) or 30
+            (normface). sphereface with scale=None keeps the feature norm ‖x‖ as scale
+            (the paper); a number normalizes the features and uses s instead.
+            softmax and lsoftmax take none.
+        lambda_base, lambda_gamma, lambda_power, lambda_min: the λ annealing of
+            sphereface/lsoftmax (Caffe defaults). lambda_base=0, lambda_min=0 gives pure ψ.
+        easy_margin: arcface/combined/curricularface only: margin only where cos θ_y > 0.
+        t_momentum: curricularface: t ← momentum·t + (1 − momentum)·mean(cos θ_y).
+        sample_rate: Partial FC fraction r ∈ (0, 1] of class centres used per training step.
+        kernel_initializer, kernel_regularizer: for `kernel` (feature_dim, num_classes).
+        seed: seed of the Partial FC sampler.
+
+    Call: `layer([features, labels])` → float32 logits (batch, num_classes) with the margin
+    on the true class (labels: integer class indices, shape (batch,) or (batch, 1));
+    `layer(features)` → the same logits without margin (inference, accuracy).
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        mode="sphereface",
+        margin=None,
+        scale=None,
+        lambda_base=1000.0,
+        lambda_gamma=0.12,
+        lambda_power=1.0,
+        lambda_min=5.0,
+        easy_margin=False,
+        t_momentum=0.99,
+        sample_rate=1.0,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs["dtype"] = _float32_policy(kwargs.get("dtype"))
+        super().__init__(**kwargs)
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise UserInputError(
+                f"Expected num_classes to be a positive integer. Received: {num_classes!r}"
+            )
+        self.num_classes = num_classes
+        self.mode = _canonical_mode(mode)
+        self.normalize_weights, self.normalize_features, default_margin, default_scale = _MODES[
+            self.mode
+        ]
+        self.margin = _check_margin(self.mode, default_margin if margin is None else margin)
+        self.scale = _check_scale(self.mode, scale, default_scale)
+        if self.scale is not None:
+            self.normalize_features = True
+        for name, value in (
+            ("lambda_base", lambda_base),
+            ("lambda_gamma", lambda_gamma),
+            ("lambda_power", lambda_power),
+            ("lambda_min", lambda_min),
+        ):
+            if not _is_number(value) or value < 0:
+                raise UserInputError(
+                    f"Expected {name} to be a number >= 0. Received: {value!r}"
+                )
+        self.lambda_base = float(lambda_base)
+        self.lambda_gamma = float(lambda_gamma)
+        self.lambda_power = float(lambda_power)
+        self.lambda_min = float(lambda_min)
+        if easy_margin and self.mode not in _ANGULAR_MODES:
+            raise UserInputError(
+                f"Expected easy_margin=False for mode {self.mode!r} (it applies to "
+                f"{', '.join(_ANGULAR_MODES)}). Received: easy_margin={easy_margin!r}"
+            )
+        self.easy_margin = bool(easy_margin)
+        if not _is_number(t_momentum) or not 0.0 <= t_momentum <= 1.0:
+            raise UserInputError(
+                f"Expected t_momentum to be a number in [0, 1]. Received: {t_momentum!r}"
+            )
+        self.t_momentum = float(t_momentum)
+        if not _is_number(sample_rate) or not 0.0 < sample_rate <= 1.0:
+            raise UserInputError(
+                f"Expected sample_rate to be a number in (0, 1]. Received: {sample_rate!r}"
+            )
+        self.sample_rate = float(sample_rate)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed) if self.sample_rate < 1.0 else None
+
+    def build(self, input_shape):
+        features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
+        feature_dim = features_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(feature_dim, self.num_classes),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = None
+        if self.mode == "softmax":
+            self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer="zeros")
+        self.iterations = self.add_weight(
+            name="iterations", shape=(), dtype="int32", initializer="zeros", trainable=False
+        )
+        self.curricular_t = None
+        if self.mode == "curricularface":
+            self.curricular_t = self.add_weight(
+                name="curricular_t", shape=(), initializer="zeros", trainable=False
+            )
+
+    # ------------------------------------------------------------------ λ schedule
+    def lambda_at(self, iteration):
+        """λ(iteration) = max(λ_min, base·(1 + γ·iteration)^(−power)); 0 without annealing."""
+        if self.mode not in _ANNEALED_MODES:
+            return 0.0 * ops.cast(iteration, "float32")
+        iteration = ops.cast(iteration, "float32")
+        decayed = self.lambda_base * ops.power(1.0 + self.lambda_gamma * iteration, -self.lambda_power)
+        return ops.maximum(decayed, self.lambda_min)
+
+    def current_lambda(self):
+        """The λ the next training call uses, as a Python float (0.0 for modes without λ)."""
+        if self.mode not in _ANNEALED_MODES or not self.built:
+            return 0.0 if self.mode not in _ANNEALED_MODES else float(self.lambda_at(0))
+        return float(ops.convert_to_numpy(self.lambda_at(self.iterations)))
+
+    # ------------------------------------------------------------------ margin hooks
+    def margin_function(self, cos_theta, lambda_value=None):
+        """The true-class cosine after the margin (before any scale), e.g. for plotting.
+
+        sphereface/lsoftmax: Ψ(θ) with `lambda_value` (default: `current_lambda()`);
+        cosface: cos θ − m; angular modes: cos(m1θ + m2) − m3 with the θ_b rule;
+        softmax/normface: cos θ.
+        """
+        cos_theta = ops.convert_to_tensor(cos_theta, "float32")
+        if self.mode in _ANNEALED_MODES:
+            if lambda_value is None:
+                lambda_value = self.current_lambda()
+            psi = sphereface_psi(cos_theta, self.margin)
+            return (psi + lambda_value * cos_theta) / (1.0 + lambda_value)
+        if self.mode == "cosface":
+            return cos_theta - self.margin
+        if self.mode in _ANGULAR_MODES:
+            m1, m2, m3 = self.margin if self.mode == "combined" else (1.0, self.margin, 0.0)
+            return angular_margin(cos_theta, m1, m2, m3, self.easy_margin)
+        return cos_theta
+
+    def _reweight_hard_negatives(self, logits, target_cos, cos_y, training):
+        """CurricularFace N(t, cos θ_j): cos θ_j (t + cos θ_j) where cos θ_j > target."""
+        t = self.curricular_t
+        if training:
+            batch_mean = ops.stop_gradient(ops.mean(cos_y))
+            t_new = self.t_momentum * t + (1.0 - self.t_momentum) * batch_mean
+            self.curricular_t.assign(t_new)
+            t = t_new
+        cos = logits / self.scale
+        hard = cos > ops.expand_dims(target_cos, 1)
+        return ops.where(hard, logits * (ops.cast(t, "float32") + cos), logits)
+
+    # ------------------------------------------------------------------ forward
+    def call(self, inputs, training=None):
+        if isinstance(inputs, (list, tuple)):
+            features, labels = inputs
+            labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        else:
+            features, labels = inputs, None
+        features = ops.cast(features, "float32")
+        kernel = ops.cast(self.kernel, "float32")
+        bias = None if self.bias is None else ops.cast(self.bias, "float32")
+        if labels is None:
+            return self._plain_logits(features, kernel, bias)
+        if training and self.sample_rate < 1.0:
+            logits = self._partial_fc_logits(features, labels, kernel, bias, training)
+        else:
+            logits = self._margin_logits(features, labels, kernel, bias, training)
+        if training:
+            self.iterations.assign_add(1)
+        return logits
+
+    def _plain_logits(self, features, kernel, bias):
+        """Logits of every class without margin: the table's "other logits" column."""
+        if self.normalize_features:
+            features = features * ops.expand_dims(self.scale / _l2_norm(features, 1), 1)
+        logits = ops.matmul(features, kernel)
+        if self.normalize_weights:
+            logits = logits * ops.expand_dims(1.0 / _l2_norm(kernel, 0), 0)
+        if bias is not None:
+            logits = logits + bias
+        return logits
+
+    def _margin_logits(self, features, labels, kernel, bias, training):
+        logits = self._plain_logits(features, kernel, bias)
+        if self.mode in ("softmax", "normface"):
+            return logits
+        # the true-class cosines, from the B true class centres only
+        feature_norm = _l2_norm(features, 1)
+        true_centres = ops.transpose(ops.take(kernel, labels, axis=1))  # (B, D)
+        centre_norm = _l2_norm(true_centres, 1)
+        cos_y = ops.sum(features * true_centres, axis=1) / (feature_norm * centre_norm)
+        cos_y = ops.clip(cos_y, -1.0, 1.0)
+        lambda_value = self.lambda_at(self.iterations) if self.mode in _ANNEALED_MODES else None
+        target_cos = self.margin_function(cos_y, lambda_value)
+        if self.scale is not None:
+            target = self.scale * target_cos
+        elif self.mode == "sphereface":
+            target = feature_norm * target_cos
+        else:  # lsoftmax
+            target = feature_norm * centre_norm * target_cos
+        if self.mode == "curricularface":
+            logits = self._reweight_hard_negatives(logits, target_cos, cos_y, training)
+        is_true = ops.expand_dims(labels, 1) == ops.expand_dims(
+            ops.arange(ops.shape(logits)[1], dtype="int32"), 0
+        )
+        return ops.where(is_true, ops.expand_dims(target, 1), logits)
+
+    def _partial_fc_logits(self, features, labels, kernel, bias, training):
+        """Margin logits over the positives + sampled negatives; −1e9 elsewhere."""
+        num_classes = self.num_classes
+        batch_size = ops.shape(labels)[0]
+        num_sampled = max(1, math.ceil(self.sample_rate * num_classes))
+        if isinstance(batch_size, int):
+            num_sampled = min(num_classes, max(num_sampled, batch_size))
+        # random scores in [0, 1); positives get 2 so top-k keeps them all
+        scores = keras.random.uniform((num_classes,), seed=self.seed_generator)
+        positives = ops.scatter(
+            ops.expand_dims(labels, 1), ops.ones_like(labels, dtype="float32"), (num_classes,)
+        )
+        scores = ops.where(positives > 0, 2.0, scores)
+        _, sampled = ops.top_k(scores, num_sampled, sorted=False)
+        sampled = ops.cast(sampled, "int32")
+        # position of each class among the sampled ones; num_sampled for unsampled classes
+        offsets = ops.scatter(
+            ops.expand_dims(sampled, 1),
+            num_sampled - ops.arange(num_sampled, dtype="int32"),
+            (num_classes,),
+        )
+        position = num_sampled - offsets
+        sampled_logits = self._margin_logits(
+            features,
+            ops.take(position, labels),
+            ops.take(kernel, sampled, axis=1),
+            None if bias is None else ops.take(bias, sampled),
+            training,
+        )
+        padded = ops.pad(sampled_logits, ((0, 0), (0, 1)), constant_values=_UNSAMPLED_LOGIT)
+        return ops.take(padded, position, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
+        return tuple(features_shape[:-1]) + (self.num_classes,)
+
+    def compute_output_spec(self, inputs, training=None):
+        features = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        return keras.KerasTensor(self.compute_output_shape(features.shape), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "mode": self.mode,
+                "margin": list(self.margin) if isinstance(self.margin, tuple) else self.margin,
+                "scale": self.scale,
+                "lambda_base": self.lambda_base,
+                "lambda_gamma": self.lambda_gamma,
+                "lambda_power": self.lambda_power,
+                "lambda_min": self.lambda_min,
+                "easy_margin": self.easy_margin,
+                "t_momentum": self.t_momentum,
+                "sample_rate": self.sample_rate,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+def _is_pair_shape(input_shape):
+    return isinstance(input_shape, (list, tuple)) and len(input_shape) == 2 and isinstance(
+        input_shape[0], (list, tuple)
+    )
+
+
+def _canonical_mode(mode):
+    name = mode.lower() if isinstance(mode, str) else mode
+    name = _ALIASES.get(name, name)
+    if name not in _MODES:
+        accepted = ", ".join(repr(m) for m in list(_MODES) + list(_ALIASES))
+        raise UserInputError(f"Expected mode to be one of {accepted}. Received: mode={mode!r}")
+    return name
+
+
+def _check_margin(mode, margin):
+    if mode in ("softmax", "normface"):
+        if margin is not None:
+            raise UserInputError(
+                f"Expected margin=None for mode {mode!r} (it has no margin). "
+                f"Received: margin={margin!r}"
+            )
+        return None
+    if mode in _ANNEALED_MODES:
+        if not _is_number(margin) or margin < 1 or float(margin) != int(margin):
+            raise UserInputError(
+                f"Expected an integer margin m >= 1 for mode {mode!r} (ψ uses cos(mθ); the "
+                f"paper uses 4). Received: margin={margin!r}"
+            )
+        return int(margin)
+    if mode == "combined":
+        if (
+            not isinstance(margin, (list, tuple))
+            or len(margin) != 3
+            or not all(_is_number(v) for v in margin)
+            or margin[0] <= 0
+            or margin[1] < 0
+            or margin[2] < 0
+        ):
+            raise UserInputError(
+                "Expected margin=(m1, m2, m3) with m1 > 0, m2 >= 0, m3 >= 0 for mode "
+                f"'combined' (default (1.0, 0.3, 0.2)). Received: margin={margin!r}"
+            )
+        return tuple(float(v) for v in margin)
+    upper = math.pi if mode in _ANGULAR_MODES else 2.0
+    if not _is_number(margin) or not 0.0 <= margin < upper:
+        raise UserInputError(
+            f"Expected a margin m in [0, {upper:g}) for mode {mode!r}. Received: margin={margin!r}"
+        )
+    return float(margin)
+
+
+def _check_scale(mode, scale, default_scale):
+    if mode in ("softmax", "lsoftmax"):
+        if scale is not None:
+            raise UserInputError(
+                f"Expected scale=None for mode {mode!r} (its logits are not normalized). "
+                f"Received: scale={scale!r}"
+            )
+        return None
+    if scale is None:
+        return default_scale
+    if not _is_number(scale) or scale <= 0:
+        raise UserInputError(f"Expected scale to be a number > 0. Received: scale={scale!r}")
+    return float(scale)
