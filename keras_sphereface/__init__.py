@@ -14,6 +14,10 @@ _PUBLIC_API = {
     "MarginSoftmax": "keras_sphereface.margins",
     "UserInputError": "keras_sphereface.errors",
     "align_face": "keras_sphereface.alignment.warp",
+    "evaluate_lfw": "keras_sphereface.evaluation",
+    "load_embedder": "keras_sphereface.evaluation",
+    "read_pairs": "keras_sphereface.evaluation",
+    "verification_protocol": "keras_sphereface.evaluation",
 }
 
 __all__ = sorted(_PUBLIC_API)

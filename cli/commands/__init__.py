@@ -1,3 +1,6 @@
 """The CLI's commands, one module each; `COMMANDS` is what cli/main.py registers."""
 
+from cli.commands.evaluate import evaluate
+
 COMMANDS = []
+COMMANDS.append(evaluate)

@@ -1,0 +1,237 @@
+"""Embedding extraction for evaluation: load a model, align faces, embed in batches, cache.
+
+The embedder interface used across the project: a callable `embedder(images)` taking uint8
+RGB [N, H, W, 3] and returning float32 [N, D], with attribute `input_size` = (H, W).
+`load_embedder(path)` turns a `.keras` file, a training run directory, an exported SavedModel
+or a `.tflite` file into one.
+
+Flip fusion (SphereFace evaluation code, Liu et al. 2017): embed the face and its horizontal
+mirror and concatenate ([e, e_flip], 2D) or sum (e + e_flip, D) the two vectors.
+
+The cache is an `.npz` whose keys are image paths relative to the images folder (the format
+`--embeddings` reads), plus a `__settings__` entry recording the model and preprocessing it
+was made with. It is rewritten atomically every `save_every` seconds, so a killed run resumes
+where the last save left off.
+"""
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from keras_sphereface.alignment.warp import align_face
+from keras_sphereface.atomic import atomic_path
+from keras_sphereface.errors import UserInputError
+
+FUSIONS = ("concat", "sum")
+SETTINGS_KEY = "__settings__"
+
+
+class KerasEmbedder:
+    """Wrap a Keras embedding model (uint8/float RGB in, embedding out) as an embedder."""
+
+    def __init__(self, model):
+        self.model = model
+        height, width = model.input_shape[1:3]
+        self.input_size = (int(height), int(width))
+
+    def __call__(self, images):
+        return np.asarray(self.model.predict_on_batch(np.asarray(images)), dtype=np.float32)
+
+
+def load_embedder(path):
+    """An embedder from a `.keras` file, a training run directory, a SavedModel or a `.tflite`.
+
+    An object that already follows the embedder interface (callable with `input_size`) is
+    returned as is; a `keras.Model` is wrapped in `KerasEmbedder`.
+    """
+    if callable(path) and hasattr(path, "input_size"):
+        return path
+    if hasattr(path, "input_shape") and hasattr(path, "predict_on_batch"):
+        return KerasEmbedder(path)
+    path = os.fspath(path)
+    if path.endswith(".tflite") and os.path.isfile(path):
+        from keras_sphereface.export import LiteRTEmbedder
+
+        return LiteRTEmbedder(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        from keras_sphereface.export import load_saved_model_embedder
+
+        return load_saved_model_embedder(path)
+    if (path.endswith(".keras") and os.path.isfile(path)) or (
+        os.path.isfile(os.path.join(path, "checkpoint.keras"))
+    ):
+        from keras_sphereface.models import load_embedding_model
+
+        return KerasEmbedder(load_embedding_model(path))
+    raise UserInputError(
+        "Expected a model: a .keras file, a training run directory (with checkpoint.keras), "
+        f"an exported SavedModel directory (with saved_model.pb) or a .tflite file. "
+        f"Received: {path}"
+    )
+
+
+def read_image(path):
+    """Decode an image file as uint8 RGB [H, W, 3]; an unreadable file is a UserInputError."""
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserInputError(f"Expected a readable image file. Received: {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class FacePreparer:
+    """Turn an image file into the model's input crop.
+
+    With `landmarks` ({relative path: (5, 2)}), the face is warped onto the SphereFace template
+    (`align_face`); an image without landmarks (no face detected) is aligned with the mean of
+    all landmarks instead, so every pair is still scored (the extraction info lists those
+    images). Without landmarks the images must already be aligned crops of the model's input
+    size.
+    """
+
+    def __init__(self, images_dir, input_size, landmarks=None):
+        self.images_dir = os.fspath(images_dir)
+        self.input_size = tuple(int(v) for v in input_size)
+        self.landmarks = landmarks
+        self.mean_landmarks = (
+            np.mean(np.stack(list(landmarks.values())), axis=0) if landmarks else None
+        )
+
+    def __call__(self, relpath):
+        path = os.path.join(self.images_dir, relpath)
+        image = read_image(path)
+        if self.landmarks is not None:
+            points = self.landmarks.get(relpath, self.mean_landmarks)
+            return align_face(image, points, size=self.input_size)
+        if image.shape[:2] != self.input_size:
+            raise UserInputError(
+                f"Expected an aligned face crop of {self.input_size[0]}x{self.input_size[1]} "
+                f"(the model's input size), or a landmarks file to align from. "
+                f"Received: a {image.shape[0]}x{image.shape[1]} image, {path}"
+            )
+        return image
+
+
+def embed_batch(embedder, images, flip=True, fusion="concat"):
+    """Embed uint8 [N, H, W, 3]; with `flip`, fuse with the mirror image (concat or sum)."""
+    if fusion not in FUSIONS:
+        raise UserInputError(f"Expected a fusion in {FUSIONS}. Received: {fusion!r}")
+    if not flip:
+        return np.asarray(embedder(images), dtype=np.float32)
+    both = np.asarray(embedder(np.concatenate([images, images[:, :, ::-1]])), dtype=np.float32)
+    plain, mirrored = both[: len(images)], both[len(images) :]
+    if fusion == "concat":
+        return np.concatenate([plain, mirrored], axis=1)
+    return plain + mirrored
+
+
+def load_embeddings_file(path):
+    """Read an `.npz` {relative image path: vector} → (dict, settings dict or None)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserInputError(f"Expected an existing .npz embeddings file. Received: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            settings = json.loads(str(data[SETTINGS_KEY])) if SETTINGS_KEY in data.files else None
+            embeddings = {
+                key: np.asarray(data[key], dtype=np.float32).reshape(-1)
+                for key in data.files
+                if key != SETTINGS_KEY
+            }
+    except (OSError, ValueError) as error:
+        raise UserInputError(
+            f"Expected an .npz file of {{relative image path: embedding vector}}. "
+            f"Received: {path} ({error})"
+        ) from None
+    return embeddings, settings
+
+
+def save_embeddings_file(path, embeddings, settings=None):
+    """Write {relative image path: vector} (+ settings) as an `.npz`, atomically."""
+    arrays = dict(embeddings)
+    if settings is not None:
+        arrays[SETTINGS_KEY] = np.array(json.dumps(settings, sort_keys=True))
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def _progress_bar(total, progress):
+    if not progress or total == 0:
+        return None
+    import keras
+
+    return keras.utils.Progbar(total, verbose=1 if sys.stderr.isatty() else 2, unit_name="image")
+
+
+def extract_embeddings(
+    embedder,
+    relpaths,
+    images_dir,
+    landmarks=None,
+    flip=True,
+    fusion="concat",
+    batch_size=64,
+    cache_path=None,
+    cache_settings=None,
+    save_every=60.0,
+    progress=True,
+):
+    """Embed every image of `relpaths` (relative to `images_dir`) → (dict path → vector, info).
+
+    Images already in the cache are not recomputed; a cache made with other
+    `cache_settings` (model, flip, fusion, alignment) is refused rather than mixed.
+    `info` holds the number of images computed, the seconds spent and the images aligned
+    from mean landmarks (no detection).
+    """
+    if batch_size < 1:
+        raise UserInputError(f"Expected a batch size >= 1. Received: {batch_size}")
+    relpaths = sorted(set(relpaths))
+    settings = dict(cache_settings or {})
+    settings.update(
+        input_size=list(embedder.input_size), flip=bool(flip), fusion=fusion if flip else None
+    )
+    embeddings = {}
+    if cache_path is not None and os.path.exists(cache_path):
+        embeddings, cached_settings = load_embeddings_file(cache_path)
+        if cached_settings != settings:
+            raise UserInputError(
+                f"Expected the cache {cache_path} to come from the same model and settings "
+                f"{settings}. Received: a cache made with {cached_settings}; delete it or "
+                f"choose another cache file"
+            )
+    todo = [p for p in relpaths if p not in embeddings]
+    prepare = FacePreparer(images_dir, embedder.input_size, landmarks)
+    bar = _progress_bar(len(todo), progress)
+    started = last_save = time.perf_counter()
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        pending = [pool.submit(prepare, p) for p in batches[0]] if batches else []
+        for index, batch in enumerate(batches):
+            images = np.stack([future.result() for future in pending])
+            if index + 1 < len(batches):  # decode the next batch while this one runs
+                pending = [pool.submit(prepare, p) for p in batches[index + 1]]
+            vectors = embed_batch(embedder, images, flip=flip, fusion=fusion)
+            embeddings.update(zip(batch, vectors))
+            if bar is not None:
+                bar.add(len(batch))
+            if cache_path is not None and time.perf_counter() - last_save >= save_every:
+                save_embeddings_file(cache_path, embeddings, settings)
+                last_save = time.perf_counter()
+    seconds = time.perf_counter() - started
+    if cache_path is not None and (todo or not os.path.exists(cache_path)):
+        save_embeddings_file(cache_path, embeddings, settings)
+    info = {
+        "images": len(relpaths),
+        "images_computed": len(todo),
+        "images_from_cache": len(relpaths) - len(todo),
+        "seconds": seconds,
+        "images_per_second": len(todo) / seconds if todo and seconds > 0 else None,
+        "aligned_with_mean_landmarks": (
+            [p for p in relpaths if p not in landmarks] if landmarks is not None else []
+        ),
+    }
+    return {p: embeddings[p] for p in relpaths}, info
