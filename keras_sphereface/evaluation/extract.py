@@ -43,6 +43,14 @@ class KerasEmbedder:
         return np.asarray(self.model.predict_on_batch(np.asarray(images)), dtype=np.float32)
 
 
+def _is_saved_model(path):
+    """A SavedModel directory, or a TF Serving export directory of numbered versions."""
+    if not os.path.isdir(path):
+        return False
+    candidates = [path] + [os.path.join(path, n) for n in os.listdir(path) if n.isdigit()]
+    return any(os.path.isfile(os.path.join(c, "saved_model.pb")) for c in candidates)
+
+
 def load_embedder(path):
     """An embedder from a `.keras` file, a training run directory, a SavedModel or a `.tflite`.
 
@@ -58,20 +66,20 @@ def load_embedder(path):
         from keras_sphereface.export import LiteRTEmbedder
 
         return LiteRTEmbedder(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        from keras_sphereface.export import load_saved_model_embedder
-
-        return load_saved_model_embedder(path)
     if (path.endswith(".keras") and os.path.isfile(path)) or (
         os.path.isfile(os.path.join(path, "checkpoint.keras"))
     ):
         from keras_sphereface.models import load_embedding_model
 
         return KerasEmbedder(load_embedding_model(path))
+    if _is_saved_model(path):
+        from keras_sphereface.export import load_saved_model_embedder
+
+        return load_saved_model_embedder(path)
     raise UserInputError(
         "Expected a model: a .keras file, a training run directory (with checkpoint.keras), "
-        f"an exported SavedModel directory (with saved_model.pb) or a .tflite file. "
-        f"Received: {path}"
+        "an exported SavedModel (a directory with saved_model.pb, or numbered versions of one) "
+        f"or a .tflite file. Received: {path}"
     )
 
 
