@@ -18,6 +18,10 @@ _PUBLIC_API = {
     "load_embedder": "keras_sphereface.evaluation",
     "read_pairs": "keras_sphereface.evaluation",
     "verification_protocol": "keras_sphereface.evaluation",
+    "export_saved_model": "keras_sphereface.export",
+    "export_tflite": "keras_sphereface.export",
+    "load_saved_model_embedder": "keras_sphereface.export",
+    "LiteRTEmbedder": "keras_sphereface.export",
 }
 
 __all__ = sorted(_PUBLIC_API)

@@ -1,0 +1,98 @@
+"""Image batches for the exported embedders: validation and aligned-face folders.
+
+Every embedder (Keras, SavedModel, LiteRT) takes the same input: aligned RGB faces,
+uint8 [N, H, W, 3] with 0..255 values, of the model's `input_size` = (H, W).
+"""
+
+import os
+
+import cv2
+import numpy as np
+
+from keras_sphereface.errors import UserInputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def check_image_batch(images, input_size):
+    """Return `images` as a uint8 array [N, H, W, 3] of `input_size`, or raise UserInputError."""
+    images = np.asarray(images)
+    height, width = input_size
+    if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+        raise UserInputError(
+            f"Expected aligned RGB faces of shape [N, {height}, {width}, 3]. "
+            f"Received: an array of shape {list(images.shape)}"
+        )
+    if images.dtype != np.uint8:
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise UserInputError(
+                f"Expected pixel values in 0..255. Received: values in "
+                f"[{images.min()}, {images.max()}] ({images.dtype})"
+            )
+        images = np.round(images).astype(np.uint8)
+    return images
+
+
+def read_aligned_faces(folder, input_size, limit=None):
+    """Read up to `limit` aligned face crops (sorted by path) below `folder` as uint8 RGB.
+
+    The crops must already have the model's `input_size` (what `cli/main.py align` writes);
+    a file of another size is an error that names it, never silently resized.
+    """
+    if not os.path.isdir(folder):
+        raise UserInputError(f"Expected a folder of aligned face images. Received: {folder}")
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )[:limit]
+    if not paths:
+        raise UserInputError(
+            f"Expected image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}. Received: none"
+        )
+    height, width = input_size
+    faces = []
+    for path in paths:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserInputError(f"Expected a readable image. Received: {path}")
+        if image.shape[:2] != (height, width):
+            raise UserInputError(
+                f"Expected aligned face crops of {height}x{width} (HxW; align them first with "
+                f"`cli/main.py align`). Received: {image.shape[0]}x{image.shape[1]} in {path}"
+            )
+        faces.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return np.stack(faces)
+
+
+def lfw_faces(lfw_dir, input_size, count=8, start=0):
+    """`count` real LFW faces as aligned uint8 crops of `input_size`, for parity checks.
+
+    The first image of each person in sorted order, from the `start`-th person on, aligned
+    with the LFW landmarks file shipped with the package when this install has one, else with
+    the mean LFW landmarks placed at the image centre (deep-funneled frames are centred).
+    """
+    from keras_sphereface.alignment.detect import fallback_landmarks
+    from keras_sphereface.alignment.landmarks import read_landmarks_file
+    from keras_sphereface.alignment.warp import align_face
+    from keras_sphereface.evaluation.lfw import default_lfw_landmarks
+
+    images_dir = os.path.join(os.fspath(lfw_dir), "lfw-deepfunneled")
+    if not os.path.isdir(images_dir):
+        raise UserInputError(f"Expected an LFW folder with lfw-deepfunneled/. Received: {lfw_dir}")
+    landmarks_file = default_lfw_landmarks()
+    landmarks = read_landmarks_file(landmarks_file) if landmarks_file else {}
+    people = sorted(os.listdir(images_dir))[start : start + count]
+    faces = []
+    for person in people:
+        relpath = f"{person}/{person}_0001.jpg"
+        image = cv2.imread(os.path.join(images_dir, relpath), cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserInputError(f"Expected a readable image. Received: {relpath} in {images_dir}")
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        points = landmarks.get(relpath)
+        if points is None:
+            points = fallback_landmarks(image.shape)
+        faces.append(align_face(image, points, size=input_size))
+    return np.stack(faces)
