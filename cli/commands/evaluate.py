@@ -89,7 +89,9 @@ def format_report(report):
     help="Landmarks file to align with (default for LFW: the one shipped with the package).",
 )
 @click.option(
-    "--aligned", is_flag=True, help="The images are already aligned crops of the model's input size."
+    "--aligned",
+    is_flag=True,
+    help="The images are already aligned crops of the model's input size.",
 )
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write JSON here.")
 @click.option("--roc", "roc_path", type=click.Path(dir_okay=False), help="Write a ROC PNG here.")

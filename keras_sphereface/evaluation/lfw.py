@@ -195,7 +195,11 @@ def evaluate_lfw(
             landmarks = read_landmarks_file(landmarks_source)
         if landmarks is not None:
             landmarks = _landmarks_for(pairs.image_paths, landmarks)
-        model_source = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
+        model_source = (
+            model
+            if isinstance(model, (str, os.PathLike))
+            else getattr(model, "name", type(model).__name__)
+        )
         embedder = load_embedder(model)
         report_settings.update(
             model=os.fspath(model_source),
@@ -205,7 +209,10 @@ def evaluate_lfw(
             fusion=fusion if flip else None,
             input_size=list(embedder.input_size),
         )
-        cache_settings = {"model": _model_fingerprint(model), "landmarks": report_settings["landmarks"]}
+        cache_settings = {
+            "model": _model_fingerprint(model),
+            "landmarks": report_settings["landmarks"],
+        }
         embeddings, extraction = extract_embeddings(
             embedder,
             pairs.image_paths,
@@ -225,7 +232,8 @@ def evaluate_lfw(
         left, right, pairs.is_same, pairs.folds, mean_subtraction=mean_subtraction, fars=fars
     )
     if roc_path is not None:
-        plot_roc(scores, pairs.is_same, roc_path, label=pathlib.Path(str(model or source)).name)
+        label = report_settings.get("model") or report_settings.get("embeddings")
+        plot_roc(scores, pairs.is_same, roc_path, label=pathlib.Path(label).name)
     report.update(settings=report_settings, embedding_dim=int(left.shape[1]))
     if extraction is not None:
         report["extraction"] = extraction

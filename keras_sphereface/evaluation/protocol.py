@@ -188,7 +188,8 @@ def plot_roc(scores, is_same, path, label=None, fars=DEFAULT_FARS):
     left_edge = min([floor, *fars]) / 2
     figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=120)
     area = auc(fpr, tpr)
-    axes.step(np.maximum(fpr, left_edge), tpr, where="post", label=f"{label or 'model'} (AUC {area:.4f})")
+    curve_label = f"{label or 'model'} (AUC {area:.4f})"
+    axes.step(np.maximum(fpr, left_edge), tpr, where="post", label=curve_label)
     for far in fars:
         point = tar_at_far(fpr, tpr, thresholds, far, num_negative)
         axes.plot([far], [point["tar"]], "o", label=f"TAR {point['tar']:.3f} @ FAR {far:.0e}")
@@ -200,7 +201,7 @@ def plot_roc(scores, is_same, path, label=None, fars=DEFAULT_FARS):
     axes.set_ylabel("true accept rate")
     axes.set_title("Verification ROC")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

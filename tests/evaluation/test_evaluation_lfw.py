@@ -157,5 +157,5 @@ def test_cli_end_to_end_with_a_saved_tiny_model(small_lfw, tmp_path):
     assert f"accuracy {100 * report['accuracy_mean']:.2f}%" in result.output
 
     # A wrong option combination is a clear error, not a traceback.
-    result = CliRunner().invoke(_main(), arguments[:5] + ["--aligned"])
-    assert result.exit_code == 2 and "aligned crop" in result.output
+    result = CliRunner().invoke(_main(), arguments[:9] + ["--aligned"])
+    assert result.exit_code == 2 and "not both" in result.output
