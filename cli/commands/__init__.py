@@ -1,6 +1,8 @@
 """The CLI's commands, one module each; `COMMANDS` is what cli/main.py registers."""
 
+from cli.commands.align import align
 from cli.commands.evaluate import evaluate
 
 COMMANDS = []
 COMMANDS.append(evaluate)
+COMMANDS.append(align)

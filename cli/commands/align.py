@@ -1,0 +1,39 @@
+"""`align SRC DST`: detect 5 landmarks and write aligned crops for an identity-folder tree."""
+
+import sys
+
+import click
+
+
+@click.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--size", default="112x96", show_default=True,
+              help="Crop HEIGHTxWIDTH: 112x96 (SphereFace) or 112x112 (ArcFace).")
+@click.option("--workers", type=int, default=None,
+              help="Processes (default: all cores); each runs MTCNN on one thread.")
+@click.option("--landmarks-out", type=click.Path(dir_okay=False), default=None,
+              help="Landmarks file to write (default DST/landmarks.txt; .gz compresses).")
+@click.option("--from-landmarks", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Align from this landmarks file instead of detecting faces.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Per-image report (default DST/alignment.csv).")
+def align(src, dst, size, workers, landmarks_out, from_landmarks, csv_path):
+    """Align every image under SRC onto the 5-point template, same layout under DST.
+
+    One CSV row per file (box, 5 landmarks, confidence, status ok / fallback / unreadable,
+    reason); interrupted runs resume where they stopped.
+    """
+    from keras_sphereface.alignment.folder import align_folder
+
+    summary = align_folder(
+        src, dst, size=size, workers=workers, csv_path=csv_path, landmarks_out=landmarks_out,
+        from_landmarks=from_landmarks,
+        progress=lambda total: click.progressbar(length=total, label="Aligning", file=sys.stderr),
+        command="python cli/main.py align " + " ".join(sys.argv[2:]),
+    )
+    click.echo(
+        f"ok {summary['ok']}, fallback {summary['fallback']}, unreadable {summary['unreadable']} "
+        f"({summary['resumed']} done by an earlier run)"
+    )
+    click.echo(f"report: {summary['csv']}\nlandmarks: {summary['landmarks']}")
