@@ -145,3 +145,27 @@ def test_resume_after_kill(tmp_path):
     fresh, _ = extract_embeddings(FirstPixels(), relpaths, tmp_path / "images", progress=False)
     for relpath in relpaths:
         np.testing.assert_array_equal(embeddings[relpath], fresh[relpath])
+
+
+@pytest.mark.slow
+def test_load_embedder_dispatches_every_model_format(tmp_path):
+    """.keras, SavedModel export dir, its version dir and .tflite give the same directions."""
+    keras = pytest.importorskip("keras")
+    backbones = pytest.importorskip("keras_sphereface.backbones")
+    pytest.importorskip("keras_sphereface.models")
+    export = pytest.importorskip("keras_sphereface.export")
+    keras.utils.set_random_seed(0)
+    model = backbones.get_backbone("sphere4", width_multiplier=0.125, embedding_dim=16)
+    model.save(tmp_path / "tiny.keras")
+    export.export_saved_model(model, tmp_path / "serving")
+    export.export_tflite(model, tmp_path / "tiny.tflite")
+    images = np.random.default_rng(0).integers(0, 256, (3, 112, 96, 3), dtype=np.uint8)
+    reference = np.asarray(model(images.astype(np.float32)))
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    for path in ["tiny.keras", "serving", "serving/1", "tiny.tflite"]:
+        embedder = load_embedder(tmp_path / path)
+        assert tuple(embedder.input_size) == (112, 96)
+        output = embedder(images)
+        assert output.shape == (3, 16) and output.dtype == np.float32
+        output = output / np.linalg.norm(output, axis=1, keepdims=True)
+        np.testing.assert_allclose(output, reference, atol=1e-4, err_msg=path)
