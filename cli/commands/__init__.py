@@ -2,7 +2,9 @@
 
 from cli.commands.align import align
 from cli.commands.evaluate import evaluate
+from cli.commands.export import export
 
 COMMANDS = []
 COMMANDS.append(evaluate)
 COMMANDS.append(align)
+COMMANDS.append(export)
