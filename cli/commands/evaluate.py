@@ -33,10 +33,10 @@ def format_report(report):
             f"({extraction['images_from_cache']} from cache) in {extraction['seconds']:.1f} s"
             + (f", {speed:.1f} images/s" if speed else "")
         )
-        if extraction["aligned_with_mean_landmarks"]:
+        if extraction["fallback_alignment"]:
             lines.append(
-                f"{len(extraction['aligned_with_mean_landmarks'])} images had no landmarks "
-                "and were aligned with the mean landmarks (listed in the report)"
+                f"{len(extraction['fallback_alignment'])} images had no landmarks and were "
+                "aligned with the mean LFW landmarks at the centre (listed in the report)"
             )
     lines.append(f"wall time {report['wall_seconds']:.1f} s")
     return "\n".join(lines)

@@ -20,10 +20,10 @@ import os
 import sys
 import time
 
-import cv2
 import numpy as np
 
-from keras_sphereface.alignment.warp import align_face
+from keras_sphereface.alignment.detect import UnreadableImage, read_image
+from keras_sphereface.alignment.folder import align_image
 from keras_sphereface.atomic import atomic_path
 from keras_sphereface.errors import UserInputError
 
@@ -83,38 +83,39 @@ def load_embedder(path):
     )
 
 
-def read_image(path):
-    """Decode an image file as uint8 RGB [H, W, 3]; an unreadable file is a UserInputError."""
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserInputError(f"Expected a readable image file. Received: {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 class FacePreparer:
     """Turn an image file into the model's input crop.
 
-    With `landmarks` ({relative path: (5, 2)}), the face is warped onto the SphereFace template
-    (`align_face`); an image without landmarks (no face detected) is aligned with the mean of
-    all landmarks instead, so every pair is still scored (the extraction info lists those
-    images). Without landmarks the images must already be aligned crops of the model's input
-    size.
+    With `landmarks` ({relative path: (5, 2)}), the face is warped onto the SphereFace
+    template by `alignment.align_image`; an image missing from the landmarks (no face found)
+    is aligned with the mean LFW landmarks at the image centre and recorded in
+    `fallback_paths`, so every pair is still scored and the report names those images.
+    Without landmarks the images must already be aligned crops of the model's input size.
     """
 
     def __init__(self, images_dir, input_size, landmarks=None):
         self.images_dir = os.fspath(images_dir)
         self.input_size = tuple(int(v) for v in input_size)
         self.landmarks = landmarks
-        self.mean_landmarks = (
-            np.mean(np.stack(list(landmarks.values())), axis=0) if landmarks else None
-        )
+        self.fallback_paths = []
 
     def __call__(self, relpath):
         path = os.path.join(self.images_dir, relpath)
-        image = read_image(path)
         if self.landmarks is not None:
-            points = self.landmarks.get(relpath, self.mean_landmarks)
-            return align_face(image, points, size=self.input_size)
+            record, crop = align_image(
+                path, relpath, size=self.input_size, landmarks_table=self.landmarks
+            )
+            if crop is None:
+                raise UserInputError(
+                    f"Expected a readable image. Received: {path} ({record.reason})"
+                )
+            if record.status == "fallback":
+                self.fallback_paths.append(relpath)
+            return crop
+        try:
+            image, _ = read_image(path)
+        except UnreadableImage as error:
+            raise UserInputError(f"Expected a readable image. Received: {path} ({error})") from None
         if image.shape[:2] != self.input_size:
             raise UserInputError(
                 f"Expected an aligned face crop of {self.input_size[0]}x{self.input_size[1]} "
@@ -193,7 +194,7 @@ def extract_embeddings(
     Images already in the cache are not recomputed; a cache made with other
     `cache_settings` (model, flip, fusion, alignment) is refused rather than mixed.
     `info` holds the number of images computed, the seconds spent and the images aligned
-    from mean landmarks (no detection).
+    with the fallback landmarks (not in `landmarks`).
     """
     if batch_size < 1:
         raise UserInputError(f"Expected a batch size >= 1. Received: {batch_size}")
@@ -238,8 +239,9 @@ def extract_embeddings(
         "images_from_cache": len(relpaths) - len(todo),
         "seconds": seconds,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else None,
-        "aligned_with_mean_landmarks": (
-            [p for p in relpaths if p not in landmarks] if landmarks is not None else []
+        "fallback_alignment": sorted(
+            set(prepare.fallback_paths)
+            | ({p for p in relpaths if p not in landmarks} if landmarks is not None else set())
         ),
     }
     return {p: embeddings[p] for p in relpaths}, info

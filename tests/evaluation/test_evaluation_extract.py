@@ -169,3 +169,26 @@ def test_load_embedder_dispatches_every_model_format(tmp_path):
         assert output.shape == (3, 16) and output.dtype == np.float32
         output = output / np.linalg.norm(output, axis=1, keepdims=True)
         np.testing.assert_allclose(output, reference, atol=1e-4, err_msg=path)
+
+
+def test_images_without_landmarks_use_the_fallback_and_are_listed(tmp_path):
+    relpaths = _make_crops(tmp_path, 3, size=(60, 50))
+    embedder = FirstPixels()
+    embedder.input_size = (112, 96)
+    # The template itself, scaled by 1/2: the warp is a plain 2x zoom of the top-left corner.
+    from keras_sphereface.alignment.warp import template_for
+
+    landmarks = {relpaths[0]: template_for((112, 96)) / 2}
+    embeddings, info = extract_embeddings(
+        embedder, relpaths, tmp_path, landmarks=landmarks, flip=False, progress=False
+    )
+    assert info["fallback_alignment"] == sorted(relpaths[1:])
+    image = _rgb(tmp_path / relpaths[0]).astype(np.float32)
+    # Crop pixel (0, 0) is image pixel (0, 0); crop pixel (0, 1) is image x = 0.5.
+    expected = np.r_[image[0, 0], (image[0, 0, :2] + image[0, 1, :2]) / 2]
+    np.testing.assert_allclose(embeddings[relpaths[0]], expected, atol=1)
+
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserInputError, match="broken.jpg"):
+        extract_embeddings(embedder, ["broken.jpg"], tmp_path, landmarks=landmarks,
+                           progress=False)
