@@ -125,3 +125,78 @@ def digits_backbone(embedding_dim=2, width=32, name="digits_cnn"):
     x = layers.ReLU()(x)
     outputs = layers.Dense(embedding_dim, name="embedding")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def train_digits_model(
+    images,
+    labels,
+    num_classes,
+    mode="softmax",
+    margin=None,
+    scale=None,
+    embedding_dim=2,
+    width=32,
+    epochs=30,
+    batch_size=64,
+    learning_rate=3e-3,
+    callbacks=None,
+    seed=0,
+    **margin_options,
+):
+    """Train `digits_backbone` under a `MarginSoftmax(mode, margin, scale, **margin_options)`.
+
+    Adam with a cosine-decayed learning rate, sparse cross-entropy on the margin logits.
+    Returns the training model (`models.embedding_model(model)` is its backbone).
+    """
+    import keras
+
+    from keras_sphereface.models import build_training_model
+
+    keras.utils.set_random_seed(seed)
+    backbone = digits_backbone(embedding_dim=embedding_dim, width=width)
+    model = build_training_model(
+        backbone, num_classes, mode=mode, margin=margin, scale=scale, **margin_options
+    )
+    steps = epochs * int(np.ceil(len(images) / batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(
+        {"images": images, "labels": labels},
+        labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return model
+
+
+def verify_digits(backbone, images, labels, pairs_per_fold=30, num_folds=10, seed=0):
+    """Verification and hypersphere diagnostics of `backbone` on digit `images`.
+
+    Pairs from `sample_pairs`, scored by `evaluation.protocol.verification_protocol` (the
+    LFW protocol: threshold chosen on the other folds, mean-feature subtraction). Returns
+    (report, features): the protocol's report plus "alignment" and "uniformity" of the
+    features (Wang & Isola 2020).
+    """
+    from keras_sphereface.evaluation.protocol import verification_protocol
+    from keras_sphereface.hypersphere import alignment_and_uniformity
+
+    features = np.asarray(backbone.predict(images, batch_size=256, verbose=0))
+    first, second, is_same, folds = sample_pairs(
+        labels, pairs_per_fold=pairs_per_fold, num_folds=num_folds, seed=seed
+    )
+    report, _ = verification_protocol(features[first], features[second], is_same, folds)
+    report.update(alignment_and_uniformity(features, labels))
+    return report, features
+
+
+def margin_head(model):
+    """The `MarginSoftmax` layer of a training model (its kernel holds the class centres)."""
+    from keras_sphereface.margins import MarginSoftmax
+
+    return next(layer for layer in model.layers if isinstance(layer, MarginSoftmax))

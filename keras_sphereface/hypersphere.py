@@ -18,13 +18,7 @@ features on the unit sphere: the pictures of the SphereFace paper (Fig. 2 and 5)
 import numpy as np
 
 from keras_sphereface.errors import UserInputError
-
-
-def l2_normalize(features, epsilon=1e-12):
-    """Rows of `features` divided by their L2 norm: x / max(‖x‖₂, ε)."""
-    features = np.asarray(features, dtype=np.float64)
-    norms = np.linalg.norm(features, axis=-1, keepdims=True)
-    return features / np.maximum(norms, epsilon)
+from keras_sphereface.evaluation.protocol import l2_normalize
 
 
 def _as_matrix(features, name):
@@ -37,7 +31,7 @@ def _as_matrix(features, name):
     return features
 
 
-def alignment(features_a, features_b, alpha=2.0):
+def alignment_loss(features_a, features_b, alpha=2.0):
     """L_align = mean over pairs i of ‖f(a_i) − f(b_i)‖₂^α, rows L2-normalized first.
 
     `features_a[i]` and `features_b[i]` are the two members of positive pair i.
@@ -53,7 +47,7 @@ def alignment(features_a, features_b, alpha=2.0):
     return float(np.mean(distances**alpha))
 
 
-def uniformity(features, t=2.0, chunk_size=2048):
+def uniformity_loss(features, t=2.0, chunk_size=2048):
     """L_uniform = log of the mean over pairs i < j of exp(−t‖f(x_i) − f(x_j)‖₂²).
 
     Rows are L2-normalized first; for unit vectors ‖u − v‖² = 2 − 2 u·v. Computed in row
@@ -74,7 +68,7 @@ def uniformity(features, t=2.0, chunk_size=2048):
     return float(np.log(total / (count * (count - 1) / 2)))
 
 
-def class_alignment(features, labels, alpha=2.0):
+def class_alignment_loss(features, labels, alpha=2.0):
     """L_align over every pair of distinct samples sharing a label."""
     features = _as_matrix(features, "features")
     labels = np.asarray(labels).reshape(-1)
@@ -92,14 +86,14 @@ def class_alignment(features, labels, alpha=2.0):
     first, second = np.concatenate(first), np.concatenate(second)
     if first.size == 0:
         raise UserInputError("Expected at least one label with 2 or more samples. Received: none")
-    return alignment(features[first], features[second], alpha=alpha)
+    return alignment_loss(features[first], features[second], alpha=alpha)
 
 
 def alignment_and_uniformity(features, labels, alpha=2.0, t=2.0):
     """Both diagnostics of a labelled embedding: {"alignment": …, "uniformity": …}."""
     return {
-        "alignment": class_alignment(features, labels, alpha=alpha),
-        "uniformity": uniformity(features, t=t),
+        "alignment": class_alignment_loss(features, labels, alpha=alpha),
+        "uniformity": uniformity_loss(features, t=t),
     }
 
 

@@ -37,19 +37,19 @@ def _reference_alignment(first, second, alpha=2.0):
 def test_uniformity_matches_pairwise_formula():
     features = np.random.default_rng(0).normal(size=(37, 5)) * 3.0
     expected = _reference_uniformity(features.tolist())
-    assert hypersphere.uniformity(features) == pytest.approx(expected, rel=1e-10)
+    assert hypersphere.uniformity_loss(features) == pytest.approx(expected, rel=1e-10)
     # chunking must not change the result
-    assert hypersphere.uniformity(features, chunk_size=4) == pytest.approx(expected, rel=1e-10)
-    assert hypersphere.uniformity(features, t=0.5) == pytest.approx(
+    assert hypersphere.uniformity_loss(features, chunk_size=4) == pytest.approx(expected, rel=1e-10)
+    assert hypersphere.uniformity_loss(features, t=0.5) == pytest.approx(
         _reference_uniformity(features.tolist(), t=0.5), rel=1e-10
     )
 
 
 def test_uniformity_known_configurations():
     # all on one point: every distance 0 -> log(1) = 0, the worst value
-    assert hypersphere.uniformity(np.ones((6, 3))) == pytest.approx(0.0, abs=1e-12)
+    assert hypersphere.uniformity_loss(np.ones((6, 3))) == pytest.approx(0.0, abs=1e-12)
     # two antipodal points: |u - v|^2 = 4 -> log(exp(-8)) = -8
-    assert hypersphere.uniformity(np.array([[0.0, 2.0], [0.0, -5.0]])) == pytest.approx(-8.0)
+    assert hypersphere.uniformity_loss(np.array([[0.0, 2.0], [0.0, -5.0]])) == pytest.approx(-8.0)
 
 
 @pytest.mark.multi_backend
@@ -57,30 +57,30 @@ def test_alignment_matches_formula_and_ignores_norm():
     rng = np.random.default_rng(1)
     first, second = rng.normal(size=(20, 4)), rng.normal(size=(20, 4))
     expected = _reference_alignment(first.tolist(), second.tolist())
-    assert hypersphere.alignment(first, second) == pytest.approx(expected, rel=1e-10)
-    assert hypersphere.alignment(first * 7.0, second * 0.1) == pytest.approx(expected, rel=1e-10)
-    assert hypersphere.alignment(first, second, alpha=1.0) == pytest.approx(
+    assert hypersphere.alignment_loss(first, second) == pytest.approx(expected, rel=1e-10)
+    assert hypersphere.alignment_loss(first * 7.0, second * 0.1) == pytest.approx(expected, rel=1e-10)
+    assert hypersphere.alignment_loss(first, second, alpha=1.0) == pytest.approx(
         _reference_alignment(first.tolist(), second.tolist(), alpha=1.0), rel=1e-10
     )
-    assert hypersphere.alignment(first, first * 3.0) == pytest.approx(0.0, abs=1e-12)
+    assert hypersphere.alignment_loss(first, first * 3.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_class_alignment_uses_every_same_label_pair():
     features = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [5.0, 5.0], [1.0, 1.0]])
     labels = np.array([0, 0, 0, 1, 2])
     # class 0 pairs: (0,1): 2, (0,2): 4, (1,2): 2 ; class 1 and 2 have no pair
-    assert hypersphere.class_alignment(features, labels) == pytest.approx(8.0 / 3.0)
+    assert hypersphere.class_alignment_loss(features, labels) == pytest.approx(8.0 / 3.0)
     with pytest.raises(UserInputError, match="one label per feature"):
-        hypersphere.class_alignment(features, labels[:3])
+        hypersphere.class_alignment_loss(features, labels[:3])
 
 
 def test_bad_shapes_are_user_errors():
     with pytest.raises(UserInputError, match="Expected the two sides"):
-        hypersphere.alignment(np.ones((3, 2)), np.ones((4, 2)))
+        hypersphere.alignment_loss(np.ones((3, 2)), np.ones((4, 2)))
     with pytest.raises(UserInputError, match="at least 2 features"):
-        hypersphere.uniformity(np.ones((1, 2)))
+        hypersphere.uniformity_loss(np.ones((1, 2)))
     with pytest.raises(UserInputError, match="non-empty 2-D"):
-        hypersphere.uniformity(np.ones(5))
+        hypersphere.uniformity_loss(np.ones(5))
 
 
 def test_class_centre_directions_are_unit_columns():
