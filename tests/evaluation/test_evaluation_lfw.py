@@ -120,6 +120,7 @@ def test_lfw_scores_precomputed_embeddings(lfw_dir, tmp_path):
         evaluate_lfw(embeddings=tmp_path / "partial.npz", lfw_dir=lfw_dir)
 
 
+@pytest.mark.multi_backend  # the extraction path needs no TensorFlow
 def test_evaluate_pairs_with_a_tiny_model(small_lfw, tmp_path):
     pairs_path, images_dir, landmarks = small_lfw
     model = _tiny_backbone()
