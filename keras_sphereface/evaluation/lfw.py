@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from keras_sphereface.alignment.landmarks import read_landmarks_file
 from keras_sphereface.errors import UserInputError
 from keras_sphereface.evaluation.extract import (
     extract_embeddings,
@@ -108,6 +109,59 @@ def _pair_features(pairs, embeddings, source, pairs_path):
     return left, right
 
 
+def _model_embeddings(
+    model, pairs, images_dir, landmarks, aligned, is_lfw, flip, fusion, batch_size, cache,
+    progress,
+):
+    """Align and embed every image of `pairs` → (embeddings, extraction info, settings)."""
+    if aligned and landmarks is not None:
+        raise UserInputError(
+            "Expected either pre-aligned crops or a landmarks file, not both. "
+            f"Received: aligned=True and landmarks={landmarks!r}"
+        )
+    if landmarks is None and is_lfw and not aligned:
+        landmarks = default_lfw_landmarks()
+        if landmarks is None:
+            raise UserInputError(
+                "Expected a landmarks file for the 250x250 deep-funneled LFW images "
+                "(--landmarks FILE, one line 'NAME/NAME_0001.jpg x1 y1 ... x5 y5' per image, "
+                "e.g. from the align command), or aligned crops of the model's input size "
+                "(--aligned). Received: neither, and this install ships no LFW landmarks"
+            )
+    landmarks_source = landmarks if isinstance(landmarks, (str, os.PathLike)) else None
+    if landmarks_source is not None:
+        landmarks = read_landmarks_file(landmarks_source)
+    if landmarks is not None:
+        landmarks = _landmarks_for(pairs.image_paths, landmarks)
+    model_source = (
+        model
+        if isinstance(model, (str, os.PathLike))
+        else getattr(model, "name", type(model).__name__)
+    )
+    embedder = load_embedder(model)
+    settings = {
+        "model": os.fspath(model_source),
+        "landmarks": os.fspath(landmarks_source) if landmarks_source else None,
+        "aligned": landmarks is None,
+        "flip": bool(flip),
+        "fusion": fusion if flip else None,
+        "input_size": list(embedder.input_size),
+    }
+    embeddings, extraction = extract_embeddings(
+        embedder,
+        pairs.image_paths,
+        images_dir,
+        landmarks=landmarks,
+        flip=flip,
+        fusion=fusion,
+        batch_size=batch_size,
+        cache_path=cache,
+        cache_settings={"model": _model_fingerprint(model), "landmarks": settings["landmarks"]},
+        progress=progress,
+    )
+    return embeddings, extraction, settings
+
+
 def evaluate_lfw(
     model=None,
     embeddings=None,
@@ -170,61 +224,15 @@ def evaluate_lfw(
         source = embeddings if isinstance(embeddings, (str, os.PathLike)) else "embeddings"
         if isinstance(embeddings, (str, os.PathLike)):
             embeddings, _ = load_embeddings_file(embeddings)
-        embeddings = {k: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in embeddings.items()}
+        embeddings = {k: np.asarray(v, np.float32).reshape(-1) for k, v in embeddings.items()}
         report_settings.update(embeddings=os.fspath(source))
         extraction = None
     else:
-        if aligned and landmarks is not None:
-            raise UserInputError(
-                "Expected either pre-aligned crops or a landmarks file, not both. "
-                f"Received: aligned=True and landmarks={landmarks!r}"
-            )
-        if landmarks is None and is_lfw and not aligned:
-            landmarks = default_lfw_landmarks()
-            if landmarks is None:
-                raise UserInputError(
-                    "Expected a landmarks file for the 250x250 deep-funneled LFW images "
-                    "(--landmarks FILE, one line 'NAME/NAME_0001.jpg x1 y1 ... x5 y5' per image, "
-                    "e.g. from the align command), or aligned crops of the model's input size "
-                    "(--aligned). Received: neither, and this install ships no LFW landmarks"
-                )
-        landmarks_source = landmarks if isinstance(landmarks, (str, os.PathLike)) else None
-        if landmarks_source is not None:
-            from keras_sphereface.alignment.landmarks import read_landmarks_file
-
-            landmarks = read_landmarks_file(landmarks_source)
-        if landmarks is not None:
-            landmarks = _landmarks_for(pairs.image_paths, landmarks)
-        model_source = (
-            model
-            if isinstance(model, (str, os.PathLike))
-            else getattr(model, "name", type(model).__name__)
+        embeddings, extraction, model_settings = _model_embeddings(
+            model, pairs, images_dir, landmarks, aligned, is_lfw, flip, fusion, batch_size,
+            cache, progress,
         )
-        embedder = load_embedder(model)
-        report_settings.update(
-            model=os.fspath(model_source),
-            landmarks=os.fspath(landmarks_source) if landmarks_source else None,
-            aligned=landmarks is None,
-            flip=bool(flip),
-            fusion=fusion if flip else None,
-            input_size=list(embedder.input_size),
-        )
-        cache_settings = {
-            "model": _model_fingerprint(model),
-            "landmarks": report_settings["landmarks"],
-        }
-        embeddings, extraction = extract_embeddings(
-            embedder,
-            pairs.image_paths,
-            images_dir,
-            landmarks=landmarks,
-            flip=flip,
-            fusion=fusion,
-            batch_size=batch_size,
-            cache_path=cache,
-            cache_settings=cache_settings,
-            progress=progress,
-        )
+        report_settings.update(model_settings)
         source = "the extracted embeddings"
 
     left, right = _pair_features(pairs, embeddings, source, pairs_path)
