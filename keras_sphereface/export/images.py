@@ -69,30 +69,24 @@ def read_aligned_faces(folder, input_size, limit=None):
 def lfw_faces(lfw_dir, input_size, count=8, start=0):
     """`count` real LFW faces as aligned uint8 crops of `input_size`, for parity checks.
 
-    The first image of each person in sorted order, from the `start`-th person on, aligned
-    with the LFW landmarks file shipped with the package when this install has one, else with
-    the mean LFW landmarks placed at the image centre (deep-funneled frames are centred).
+    The first image of each person in sorted order, from the `start`-th person on, aligned by
+    `alignment.align_image` with the LFW landmarks file shipped with the package, or, in an
+    install without it, with the fallback landmarks (mean LFW landmarks at the image centre).
     """
-    from keras_sphereface.alignment.detect import fallback_landmarks
-    from keras_sphereface.alignment.landmarks import read_landmarks_file
-    from keras_sphereface.alignment.warp import align_face
-    from keras_sphereface.evaluation.lfw import default_lfw_landmarks
+    from keras_sphereface.alignment import align_image, lfw_landmarks_path, read_landmarks_file
 
     images_dir = os.path.join(os.fspath(lfw_dir), "lfw-deepfunneled")
     if not os.path.isdir(images_dir):
         raise UserInputError(f"Expected an LFW folder with lfw-deepfunneled/. Received: {lfw_dir}")
-    landmarks_file = default_lfw_landmarks()
-    landmarks = read_landmarks_file(landmarks_file) if landmarks_file else {}
-    people = sorted(os.listdir(images_dir))[start : start + count]
+    landmarks_file = lfw_landmarks_path()
+    landmarks = read_landmarks_file(landmarks_file) if os.path.isfile(landmarks_file) else {}
     faces = []
-    for person in people:
+    for person in sorted(os.listdir(images_dir))[start : start + count]:
         relpath = f"{person}/{person}_0001.jpg"
-        image = cv2.imread(os.path.join(images_dir, relpath), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserInputError(f"Expected a readable image. Received: {relpath} in {images_dir}")
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        points = landmarks.get(relpath)
-        if points is None:
-            points = fallback_landmarks(image.shape)
-        faces.append(align_face(image, points, size=input_size))
+        record, crop = align_image(
+            os.path.join(images_dir, relpath), relpath, size=input_size, landmarks_table=landmarks
+        )
+        if crop is None:
+            raise UserInputError(f"Expected a readable LFW image. Received: {relpath} ({record})")
+        faces.append(crop)
     return np.stack(faces)
