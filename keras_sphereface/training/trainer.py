@@ -1,0 +1,328 @@
+"""Train a Sphere-N backbone with a MarginSoftmax head on an identity folder, with `model.fit`.
+
+The paper's recipe (SphereFace, CVPR 2017): SGD momentum 0.9, coupled weight decay 5e-4,
+lr 0.1 ÷10 at 16/28 and 24/28 of the run, horizontal flips. Everything a run produces lives
+in its run directory:
+
+    RUN_DIR/config.json       the arguments of `train` (+ data facts), read back by `resume`
+    RUN_DIR/label_map.json    class index → identity name
+    RUN_DIR/checkpoint.keras  the full training model after the last good epoch (atomic)
+    RUN_DIR/log.csv           per-epoch loss, accuracy, learning_rate, lambda
+    RUN_DIR/tensorboard/      the same for TensorBoard
+
+Exact resume: the data order of epoch e is a pure function of (seed, e) (see
+`keras_sphereface.data.epoch_order`), the checkpoint holds the optimizer state (momentum,
+step counter) and MarginSoftmax's iteration counter (λ), and the epoch to continue from is
+the optimizer step counter ÷ steps per epoch. Two epochs straight and one epoch + resume +
+one epoch give the same weights.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import keras
+
+from keras_sphereface import data as data_lib
+from keras_sphereface.alignment.warp import parse_size, template_for
+from keras_sphereface.atomic import atomic_path
+from keras_sphereface.backbones import get_backbone
+from keras_sphereface.errors import UserInputError
+from keras_sphereface.models import CHECKPOINT_NAME, build_training_model
+from keras_sphereface.training.callbacks import EpochCheckpoint, MarginLogger
+from keras_sphereface.training.optimization import CoupledWeightDecaySGD, paper_step_schedule
+
+CONFIG_NAME = "config.json"
+LABEL_MAP_NAME = "label_map.json"
+LOG_NAME = "log.csv"
+TENSORBOARD_NAME = "tensorboard"
+
+MIXED_PRECISION_POLICIES = {None: None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What a `train` / `resume` call did.
+
+    `epochs_done`: completed epochs saved in the checkpoint; `stopped`: None (finished),
+    "interrupted" (KeyboardInterrupt) or "nan" (loss became NaN/inf); `history`: Keras'
+    per-epoch logs of this call.
+    """
+
+    run_dir: str
+    epochs_done: int
+    epochs: int
+    stopped: str = None
+    history: dict = dataclasses.field(default_factory=dict)
+
+
+def _check_positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserInputError(f"Expected {name} to be an integer >= 1. Received: {value!r}")
+
+
+def _load_index(data, skip_bad, image_size, landmarks, verbose):
+    data = os.fspath(data)
+    if os.path.isfile(data):
+        index = data_lib.read_list_file(data)
+    elif os.path.isdir(data):
+        index = data_lib.scan_identity_folder(data)
+    else:
+        raise UserInputError(
+            f"Expected --data to be a folder with one sub-folder of images per identity, or a "
+            f"list file of 'relative/path label' lines. Received: {data!r}, which does not exist."
+        )
+    data_lib.check_min_identities(index, 2)
+    index, skipped = data_lib.validate_images(
+        index, skip_bad=skip_bad, image_size=None if landmarks else image_size
+    )
+    if verbose:
+        for relpath, reason in skipped:
+            print(f"skipped {relpath}: {reason}")
+    data_lib.check_min_identities(index, 2)
+    return index, skipped
+
+
+def _compile(model, optimizer, jit_compile):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+
+
+def _write_json(path, content):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(content, f, indent=1)
+
+
+def train(
+    data,
+    output,
+    backbone="sphere20",
+    mode="sphereface",
+    margin=None,
+    scale=None,
+    epochs=1,
+    batch_size=256,
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=5e-4,
+    width_multiplier=1.0,
+    embedding_dim=512,
+    image_size=(112, 96),
+    landmarks=None,
+    mixed_precision=None,
+    jit_compile="auto",
+    skip_bad=False,
+    cache=False,
+    seed=0,
+    verbose=1,
+    callbacks=(),
+):
+    """Train `backbone` + `MarginSoftmax(mode, margin, scale)` on `data` into the run dir `output`.
+
+    Args:
+        data: identity folder (ROOT/NAME/*.jpg) or list file (`relative/path label`).
+        output: run directory; must not hold a previous run (continue one with `resume`).
+        backbone, width_multiplier, embedding_dim: the Sphere-N backbone (`get_backbone`).
+        mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
+        epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
+        learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's
+            step schedule scaled to `epochs × steps per epoch`.
+        image_size: (height, width) or "112x96" / "112x112".
+        landmarks: landmarks file to align the images on the fly; None: aligned crops.
+        mixed_precision: None, "bfloat16" or "float16" (float16 adds loss scaling).
+        jit_compile: XLA for the train step: "auto" (Keras: on for TensorFlow with a GPU,
+            JAX always), True or False.
+        skip_bad: drop unreadable images (each one listed) instead of stopping.
+        cache: keep the encoded image files in memory after the first epoch.
+        seed: initialization and the per-epoch data order.
+        callbacks: extra Keras callbacks.
+
+    Returns a `TrainingResult`. A Ctrl-C or a NaN loss stops cleanly with the last completed
+    epoch in `output/checkpoint.keras`.
+    """
+    image_size = parse_size(image_size) if isinstance(image_size, str) else tuple(image_size)
+    template_for(image_size)  # validates the size
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        _check_positive(name, value)
+    if mixed_precision not in MIXED_PRECISION_POLICIES:
+        raise UserInputError(
+            f"Expected mixed_precision in {list(MIXED_PRECISION_POLICIES)}. Received: {mixed_precision!r}"
+        )
+    output = os.path.abspath(os.fspath(output))
+    if os.path.isdir(output) and os.listdir(output):
+        raise UserInputError(
+            f"Expected --output to be a new or empty folder. Received: {output!r}, which holds "
+            f"files (continue that run with --resume, or choose another folder)."
+        )
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UserInputError(f"Expected --output to be a folder. Received: {output!r}, a file.")
+    index, skipped = _load_index(data, skip_bad, image_size, landmarks, verbose)
+    if len(index) < batch_size:
+        raise UserInputError(
+            f"Expected batch_size <= number of images ({len(index)}). Received: {batch_size}"
+        )
+    steps = data_lib.steps_per_epoch(len(index), batch_size)
+    config = {
+        "data": os.path.abspath(os.fspath(data)),
+        "backbone": backbone,
+        "mode": mode,
+        "margin": margin,
+        "scale": scale,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "width_multiplier": width_multiplier,
+        "embedding_dim": embedding_dim,
+        "image_size": list(image_size),
+        "landmarks": os.path.abspath(landmarks) if landmarks else None,
+        "mixed_precision": mixed_precision,
+        "jit_compile": jit_compile,
+        "skip_bad": skip_bad,
+        "cache": cache,
+        "seed": seed,
+        # facts of the data, checked again on resume
+        "num_images": len(index),
+        "num_classes": index.num_classes,
+        "steps_per_epoch": steps,
+        "skipped_images": [relpath for relpath, _ in skipped],
+        "keras_backend": keras.backend.backend(),
+    }
+
+    keras.utils.set_random_seed(seed)
+    net = get_backbone(
+        backbone,
+        input_shape=(*image_size, 3),
+        embedding_dim=embedding_dim,
+        width_multiplier=width_multiplier,
+        dtype=MIXED_PRECISION_POLICIES[mixed_precision],
+    )
+    model = build_training_model(net, index.num_classes, mode=mode, margin=margin, scale=scale)
+    optimizer = CoupledWeightDecaySGD(
+        paper_step_schedule(epochs * steps, learning_rate),
+        momentum=momentum,
+        coupled_weight_decay=weight_decay,
+    )
+    if mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    _compile(model, optimizer, jit_compile)
+    os.makedirs(output, exist_ok=True)
+    data_lib.save_label_map(os.path.join(output, LABEL_MAP_NAME), index.class_names)
+    _write_json(os.path.join(output, CONFIG_NAME), config)
+    # an epoch-0 checkpoint: even a Ctrl-C in the first epoch leaves a usable, resumable run
+    with atomic_path(os.path.join(output, CHECKPOINT_NAME)) as tmp:
+        model.save(tmp)
+    return _fit(model, index, config, output, 0, verbose, callbacks)
+
+
+def resume(output, epochs=None, verbose=1, callbacks=()):
+    """Continue the run in `output` from its checkpoint, exactly where it stopped.
+
+    `epochs` raises the run's total number of epochs (default: the one it was started
+    with). The learning-rate schedule stays the one of the original run length.
+    """
+    output = os.path.abspath(os.fspath(output))
+    config_path = os.path.join(output, CONFIG_NAME)
+    checkpoint = os.path.join(output, CHECKPOINT_NAME)
+    if not (os.path.isfile(config_path) and os.path.isfile(checkpoint)):
+        raise UserInputError(
+            f"Expected a training run folder holding {CONFIG_NAME} and {CHECKPOINT_NAME}. "
+            f"Received: {output!r}"
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if epochs is not None:
+        _check_positive("epochs", epochs)
+        config["epochs"] = epochs
+    index, _ = _load_index(
+        config["data"], config["skip_bad"], tuple(config["image_size"]), config["landmarks"], verbose
+    )
+    saved_names = data_lib.load_label_map(os.path.join(output, LABEL_MAP_NAME))
+    if list(index.class_names) != saved_names or len(index) != config["num_images"]:
+        raise UserInputError(
+            f"Expected the data the run started with ({config['num_images']} images of "
+            f"{len(saved_names)} identities). Received: {len(index)} images of "
+            f"{index.num_classes} identities in {config['data']!r}; resume needs the same data."
+        )
+    keras.utils.set_random_seed(config["seed"])
+    model = keras.saving.load_model(checkpoint)  # with the optimizer's state
+    _compile(model, model.optimizer, config["jit_compile"])
+    done = int(_optimizer_steps(model))
+    if done % config["steps_per_epoch"]:
+        raise UserInputError(
+            f"Expected a checkpoint saved at an epoch end ({config['steps_per_epoch']} steps per "
+            f"epoch). Received: {checkpoint!r} after {done} steps."
+        )
+    _write_json(config_path, config)
+    return _fit(model, index, config, output, done // config["steps_per_epoch"], verbose, callbacks)
+
+
+def _optimizer_steps(model):
+    """Optimizer steps taken by `model` (the inner optimizer's counter under loss scaling)."""
+    optimizer = model.optimizer
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return keras.ops.convert_to_numpy(optimizer.iterations)
+
+
+def _fit(model, index, config, output, initial_epoch, verbose, extra_callbacks):
+    epochs = config["epochs"]
+    if initial_epoch >= epochs:
+        if verbose:
+            print(f"{output}: already trained {initial_epoch} of {epochs} epochs; nothing to do.")
+        return TrainingResult(output, initial_epoch, epochs)
+    dataset = data_lib.make_dataset(
+        index,
+        config["batch_size"],
+        image_size=tuple(config["image_size"]),
+        landmarks=config["landmarks"],
+        training=True,
+        seed=config["seed"],
+        initial_epoch=initial_epoch,
+        cache=config["cache"],
+    )
+    checkpoint = EpochCheckpoint(os.path.join(output, CHECKPOINT_NAME))
+    callbacks = [
+        MarginLogger(),
+        keras.callbacks.TerminateOnNaN(),
+        checkpoint,
+        keras.callbacks.CSVLogger(os.path.join(output, LOG_NAME), append=True),
+        keras.callbacks.TensorBoard(os.path.join(output, TENSORBOARD_NAME)),
+        *extra_callbacks,
+    ]
+    if verbose:
+        print(
+            f"training {config['backbone']} ({config['mode']}) on {config['num_images']} images of "
+            f"{config['num_classes']} identities: epochs {initial_epoch + 1}..{epochs}, "
+            f"{config['steps_per_epoch']} steps of {config['batch_size']} each; run dir {output}"
+        )
+    stopped = None
+    history = {}
+    try:
+        history = model.fit(
+            dataset,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=config["steps_per_epoch"],
+            callbacks=callbacks,
+            shuffle=False,  # the data set orders each epoch itself (by seed and epoch)
+            verbose=verbose,
+        ).history
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    if stopped is None and not all(math.isfinite(v) for v in history.get("loss", [])):
+        stopped = "nan"
+    done = initial_epoch if checkpoint.last_saved_epoch is None else checkpoint.last_saved_epoch
+    if verbose and stopped:
+        reason = "interrupted" if stopped == "interrupted" else "stopped: the loss became NaN/inf"
+        print(
+            f"\n{reason}; {os.path.join(output, CHECKPOINT_NAME)} holds epoch {done} of {epochs} "
+            f"(continue with --resume)."
+        )
+    return TrainingResult(output, done, epochs, stopped, history)

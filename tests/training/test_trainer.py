@@ -1,0 +1,184 @@
+"""Training runs end to end on a synthetic identity folder: run directory, logs (λ, lr),
+exact resume after Ctrl-C, NaN stop keeping the last good checkpoint, bad input."""
+
+import csv
+import json
+import os
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from keras_sphereface.errors import UserInputError
+from keras_sphereface.models import load_embedding_model
+from keras_sphereface.training import resume, train
+
+TINY = dict(backbone="sphere4", width_multiplier=0.125, embedding_dim=8, batch_size=4, seed=3)
+IDENTITIES, IMAGES_EACH = 3, 4  # 12 images: 3 steps of 4 per epoch
+
+
+def write_identity_folder(root, identities=IDENTITIES, images_each=IMAGES_EACH, size=(112, 96)):
+    rng = np.random.default_rng(0)
+    for identity in range(identities):
+        folder = root / f"person_{identity}"
+        folder.mkdir(parents=True)
+        face = rng.integers(0, 256, (*size, 3))
+        for i in range(images_each):
+            noisy = np.clip(face + rng.normal(0, 25, face.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{i}.jpg"), noisy)
+    return root
+
+
+@pytest.fixture(scope="module")
+def identity_folder(tmp_path_factory):
+    return write_identity_folder(tmp_path_factory.mktemp("faces"))
+
+
+@pytest.fixture(scope="module")
+def straight_run(identity_folder, tmp_path_factory):
+    """Two epochs without interruption (the reference for the resume test)."""
+    output = tmp_path_factory.mktemp("runs") / "straight"
+    result = train(identity_folder, output, epochs=2, verbose=0, **TINY)
+    return output, result
+
+
+def checkpoint_weights(run_dir):
+    model = keras.saving.load_model(os.path.join(run_dir, "checkpoint.keras"))
+    return model, [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def test_run_directory_layout(straight_run, identity_folder):
+    output, result = straight_run
+    assert result.stopped is None and result.epochs_done == 2
+    assert sorted(os.listdir(output)) == [
+        "checkpoint.keras", "config.json", "label_map.json", "log.csv", "tensorboard",
+    ]  # fmt: skip
+    config = json.load(open(output / "config.json"))
+    assert config["backbone"] == "sphere4" and config["epochs"] == 2
+    assert config["steps_per_epoch"] == IDENTITIES * IMAGES_EACH // TINY["batch_size"]
+    label_map = json.load(open(output / "label_map.json"))
+    assert label_map["class_names"] == [f"person_{i}" for i in range(IDENTITIES)]
+    assert any(name.startswith("events.") for _, _, files in os.walk(output / "tensorboard") for name in files)
+
+
+def test_log_has_loss_accuracy_lr_and_lambda(straight_run):
+    output, _ = straight_run
+    rows = list(csv.DictReader(open(output / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    steps, total = 3, 6
+    for row in rows:
+        assert np.isfinite(float(row["loss"])) and 0 <= float(row["accuracy"]) <= 1
+        iteration = (int(row["epoch"]) + 1) * steps  # read after the epoch's last step
+        # A-Softmax λ annealing, Caffe defaults: max(5, 1000 / (1 + 0.12 · it))
+        assert float(row["lambda"]) == pytest.approx(max(5.0, 1000.0 / (1 + 0.12 * iteration)), rel=1e-5)
+        # paper schedule scaled to 6 steps: 0.1 for steps < round(6·16/28) = 3, then 0.01,
+        # 0.001 from round(6·24/28) = 5
+        expected_lr = 0.1 if iteration < 3 else 0.01 if iteration < 5 else 0.001
+        assert float(row["learning_rate"]) == pytest.approx(expected_lr, rel=1e-5)
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt (Ctrl-C) in the middle of `epoch` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+        self.current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_equals_straight_run(straight_run, identity_folder, tmp_path):
+    output = tmp_path / "interrupted"
+    stopped = train(identity_folder, output, epochs=2, verbose=0, callbacks=[InterruptAt(1)], **TINY)
+    assert stopped.stopped == "interrupted" and stopped.epochs_done == 1
+    model, _ = checkpoint_weights(output)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3  # epoch 1 only
+
+    resumed = resume(output, verbose=0)
+    assert resumed.stopped is None and resumed.epochs_done == 2
+    straight_model, straight = checkpoint_weights(straight_run[0])
+    resumed_model, weights = checkpoint_weights(output)
+    assert [w.path for w in resumed_model.weights] == [w.path for w in straight_model.weights]
+    for a, b in zip(weights, straight):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(resumed_model.optimizer.variables, straight_model.optimizer.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6)
+    assert resumed_model.get_layer("margin_softmax").current_lambda() == pytest.approx(
+        max(5.0, 1000.0 / (1 + 0.12 * 6)), rel=1e-5
+    )
+    # the log holds each epoch once: the interrupted epoch was never written
+    assert [int(r["epoch"]) for r in csv.DictReader(open(output / "log.csv"))] == [0, 1]
+    # nothing to do once done
+    assert resume(output, verbose=0).epochs_done == 2
+
+
+class PoisonAt(keras.callbacks.Callback):
+    """Make the model's weights NaN after the first batch of `epoch` (a diverged step)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+        self.current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 0:
+            kernel = self.model.get_layer("margin_softmax").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+@pytest.mark.slow
+def test_nan_stops_and_keeps_the_last_good_checkpoint(identity_folder, tmp_path):
+    output = tmp_path / "nan"
+    result = train(identity_folder, output, epochs=3, verbose=0, callbacks=[PoisonAt(1)], **TINY)
+    assert result.stopped == "nan" and result.epochs_done == 1
+    model, weights = checkpoint_weights(output)
+    assert all(np.isfinite(w).all() for w in weights)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3
+
+
+def test_embedding_model_from_run_dir(straight_run):
+    output, _ = straight_run
+    embedder = load_embedding_model(output)
+    assert embedder.name == "sphere4"
+    features = embedder(np.zeros((2, 112, 96, 3), "uint8"))
+    assert tuple(features.shape) == (2, 8)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root / "missing", "does not exist"),
+        (lambda root: root, "no such images"),
+        (lambda root: write_identity_folder(root / "one", identities=1), "at least 2 identities"),
+    ],
+)
+def test_bad_data_folder(tmp_path, make, message):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserInputError, match=message):
+        train(make(tmp_path / "data"), tmp_path / "run", epochs=1, verbose=0, **TINY)
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_a_used_output_and_a_non_run_resume(identity_folder, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("x")
+    with pytest.raises(UserInputError, match="--resume"):
+        train(identity_folder, tmp_path / "used", verbose=0, **TINY)
+    with pytest.raises(UserInputError, match="config.json"):
+        resume(tmp_path / "used", verbose=0)
+
+
+def test_batch_larger_than_the_data(identity_folder, tmp_path):
+    with pytest.raises(UserInputError, match="batch_size"):
+        train(identity_folder, tmp_path / "run", verbose=0, **{**TINY, "batch_size": 64})
