@@ -14,6 +14,13 @@ _PUBLIC_API = {
     "MarginSoftmax": "keras_sphereface.margins",
     "UserInputError": "keras_sphereface.errors",
     "align_face": "keras_sphereface.alignment.warp",
+    "get_backbone": "keras_sphereface.backbones",
+    "list_backbones": "keras_sphereface.backbones",
+    "build_training_model": "keras_sphereface.models",
+    "embedding_model": "keras_sphereface.models",
+    "load_embedding_model": "keras_sphereface.models",
+    "train": "keras_sphereface.training",
+    "resume": "keras_sphereface.training",
     "align_folder": "keras_sphereface.alignment",
     "FaceDetector": "keras_sphereface.alignment",
     "lfw_landmarks_path": "keras_sphereface.alignment",
@@ -25,11 +32,6 @@ _PUBLIC_API = {
     "export_tflite": "keras_sphereface.export",
     "load_saved_model_embedder": "keras_sphereface.export",
     "LiteRTEmbedder": "keras_sphereface.export",
-    "alignment_and_uniformity": "keras_sphereface.hypersphere",
-    "alignment_loss": "keras_sphereface.hypersphere",
-    "uniformity_loss": "keras_sphereface.hypersphere",
-    "class_centre_directions": "keras_sphereface.hypersphere",
-    "plot_features": "keras_sphereface.hypersphere",
 }
 
 __all__ = sorted(_PUBLIC_API)
