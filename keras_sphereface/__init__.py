@@ -32,6 +32,11 @@ _PUBLIC_API = {
     "export_tflite": "keras_sphereface.export",
     "load_saved_model_embedder": "keras_sphereface.export",
     "LiteRTEmbedder": "keras_sphereface.export",
+    "alignment_and_uniformity": "keras_sphereface.hypersphere",
+    "alignment_loss": "keras_sphereface.hypersphere",
+    "uniformity_loss": "keras_sphereface.hypersphere",
+    "class_centre_directions": "keras_sphereface.hypersphere",
+    "plot_features": "keras_sphereface.hypersphere",
 }
 
 __all__ = sorted(_PUBLIC_API)

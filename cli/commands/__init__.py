@@ -1,6 +1,7 @@
 """The CLI's commands, one module each; `COMMANDS` is what cli/main.py registers."""
 
 from cli.commands.align import align
+from cli.commands.demo import demo
 from cli.commands.evaluate import evaluate
 from cli.commands.export import export
 from cli.commands.train import train
@@ -9,4 +10,5 @@ COMMANDS = []
 COMMANDS.append(evaluate)
 COMMANDS.append(align)
 COMMANDS.append(export)
+COMMANDS.append(demo)
 COMMANDS.append(train)
