@@ -34,8 +34,9 @@ cos θ_y − m·sin m there; both only differ for θ_y > π − m, a feature alm
 centre.) `easy_margin=True` instead applies the margin only where cos θ_y > 0.
 
 Efficiency: the kernel is never normalized element-wise; the matmul result is scaled by the
-inverse column norms (a (batch, classes) multiply) and the margin, with its acos/cos, runs
-on the batch's true-class cosines only, then one `where` writes them back.
+inverse column norms (a (batch, classes) multiply). The B true-class logits are gathered from
+it, the margin (with its acos/cos) runs on those B values only, and one scatter writes them
+back.
 
 Partial FC (`sample_rate` r < 1, An et al., "Partial FC", 2021/2022): in training calls
 with labels, the logits are computed for the batch's positive classes plus uniformly
@@ -324,26 +325,23 @@ class MarginSoftmax(keras.layers.Layer):
         logits = self._plain_logits(features, kernel, bias)
         if self.mode in ("softmax", "normface"):
             return logits
-        # the true-class cosines, from the B true class centres only
-        feature_norm = _l2_norm(features, 1)
-        true_centres = ops.transpose(ops.take(kernel, labels, axis=1))  # (B, D)
-        centre_norm = _l2_norm(true_centres, 1)
-        cos_y = ops.sum(features * true_centres, axis=1) / (feature_norm * centre_norm)
-        cos_y = ops.clip(cos_y, -1.0, 1.0)
+        # the B true-class logits, gathered from the full logits (no second matmul)
+        num_columns = ops.shape(logits)[1]
+        rows = ops.arange(ops.shape(labels)[0], dtype="int32")
+        true_logit = ops.take(ops.reshape(logits, (-1,)), rows * num_columns + labels)
+        if self.scale is not None:  # logit = s cos θ
+            radius = ops.full_like(true_logit, self.scale)
+        elif self.mode == "sphereface":  # logit = ‖x‖ cos θ
+            radius = _l2_norm(features, 1)
+        else:  # lsoftmax: logit = ‖x‖ ‖W_y‖ cos θ
+            radius = _l2_norm(features, 1) * _l2_norm(ops.take(kernel, labels, axis=1), 0)
+        cos_y = ops.clip(true_logit / radius, -1.0, 1.0)
         lambda_value = self.lambda_at(self.iterations) if self.mode in _ANNEALED_MODES else None
         target_cos = self.margin_function(cos_y, lambda_value)
-        if self.scale is not None:
-            target = self.scale * target_cos
-        elif self.mode == "sphereface":
-            target = feature_norm * target_cos
-        else:  # lsoftmax
-            target = feature_norm * centre_norm * target_cos
         if self.mode == "curricularface":
             logits = self._reweight_hard_negatives(logits, target_cos, cos_y, training)
-        is_true = ops.expand_dims(labels, 1) == ops.expand_dims(
-            ops.arange(ops.shape(logits)[1], dtype="int32"), 0
-        )
-        return ops.where(is_true, ops.expand_dims(target, 1), logits)
+        true_index = ops.stack([rows, labels], axis=1)
+        return ops.scatter_update(logits, true_index, radius * target_cos)
 
     def _partial_fc_logits(self, features, labels, kernel, bias, training):
         """Margin logits over the positives + sampled negatives; −1e9 elsewhere."""

@@ -1,0 +1,108 @@
+"""Overhead of MarginSoftmax over a plain Dense softmax head (forward + backward).
+
+For each number of classes and each mode, times one forward + backward step (cross-entropy
+loss, gradients w.r.t. the features and the head's weights) of `MarginSoftmax` and of
+`keras.layers.Dense` + softmax on the same features and labels, in the same run, on the
+TensorFlow backend (`tf.function`, CPU unless a GPU is visible), and prints the median times
+and their ratio. Target of issue 3: ratio <= 1.10 for every mode.
+
+The ratio is taken on CPU time (summed over this process's threads), which stays stable
+when other jobs share the machine; wall-clock times are printed beside it. The Dense
+baseline is re-measured beside every mode so that drift cancels.
+
+    python bench/margin_overhead.py            # 10k and 100k classes, batch 256, 512-d
+    python bench/margin_overhead.py --smoke    # 1k classes, a few repeats: seconds
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_sphereface.margins import MarginSoftmax  # noqa: E402
+
+MODES = ("softmax", "lsoftmax", "sphereface", "normface", "cosface", "arcface", "combined",
+         "curricularface")
+
+
+def make_step(head, with_labels):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def step(features, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            logits = head([features, labels], training=True) if with_labels else head(features)
+            loss = loss_fn(labels, logits)
+        return tape.gradient(loss, [features] + head.trainable_variables)
+
+    return step
+
+
+def median_seconds(step, features, labels, repeats):
+    """Median CPU time (all threads of this process) and wall time of one step."""
+    for _ in range(2):  # trace + warm up
+        tf.nest.map_structure(lambda t: t.numpy(), step(features, labels))
+    cpu, wall = [], []
+    for _ in range(repeats):
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), step(features, labels))
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--modes", nargs="+", default=list(MODES))
+    parser.add_argument("--sample-rate", type=float, default=1.0,
+                        help="Partial FC rate for MarginSoftmax (default 1: the full layer)")
+    parser.add_argument("--smoke", action="store_true", help="1k classes, 3 repeats")
+    args = parser.parse_args()
+    if args.smoke:
+        args.classes, args.repeats = [1000], 3
+
+    rng = np.random.default_rng(0)
+    print(f"backend {keras.backend.backend()}, devices "
+          f"{[d.device_type for d in tf.config.list_logical_devices()]}, "
+          f"batch {args.batch}, dim {args.dim}, median of {args.repeats}, "
+          f"sample_rate {args.sample_rate}")
+    print(f"{'classes':>8} {'mode':>15} {'dense cpu ms':>13} {'margin cpu ms':>14} {'ratio':>6}"
+          f" {'dense wall ms':>14} {'margin wall ms':>15} {'wall ratio':>10}")
+    worst = 0.0
+    for num_classes in args.classes:
+        features = tf.constant(rng.standard_normal((args.batch, args.dim), dtype=np.float32))
+        labels = tf.constant(rng.integers(0, num_classes, args.batch), dtype=tf.int32)
+        dense = keras.layers.Dense(num_classes)
+        dense.build((None, args.dim))
+        for mode in args.modes:
+            dense_cpu, dense_wall = median_seconds(
+                make_step(dense, False), features, labels, args.repeats
+            )
+            head = MarginSoftmax(num_classes, mode=mode, sample_rate=args.sample_rate)
+            head.build([(None, args.dim), (None,)])
+            margin_cpu, margin_wall = median_seconds(
+                make_step(head, True), features, labels, args.repeats
+            )
+            ratio = margin_cpu / dense_cpu
+            worst = max(worst, ratio)
+            print(f"{num_classes:>8} {mode:>15} {dense_cpu * 1e3:>13.1f} {margin_cpu * 1e3:>14.1f} "
+                  f"{ratio:>6.2f} {dense_wall * 1e3:>14.1f} {margin_wall * 1e3:>15.1f} "
+                  f"{margin_wall / dense_wall:>10.2f}", flush=True)
+    print(f"worst ratio {worst:.2f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""MarginSoftmax against NumPy formulas written here from the papers (GUIDE §1).
+
+The reference below never calls the layer's helpers: ψ uses np.cos(mθ) directly (the layer
+uses the Chebyshev polynomial), cosines come from explicitly normalized vectors (the layer
+scales the matmul by inverse norms), and the ArcFace threshold rule is written out.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sphereface import MarginSoftmax, UserInputError
+
+pytestmark = pytest.mark.multi_backend
+
+ALL_MODES = (
+    "softmax",
+    "lsoftmax",
+    "sphereface",
+    "normface",
+    "cosface",
+    "arcface",
+    "combined",
+    "curricularface",
+)
+FEATURE_DIM, NUM_CLASSES = 3, 7
+
+
+def reference_logits(mode, x, w, b, y, margin, scale, lam=0.0, t=0.0, easy_margin=False):
+    """Logits of GUIDE §1's table, in float64."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    x_norm = np.linalg.norm(x, axis=1)
+    w_norm = np.linalg.norm(w, axis=0)
+    cos = (x / x_norm[:, None]) @ (w / w_norm[None, :])
+    rows = np.arange(len(y))
+    cos_y = np.clip(cos[rows, y], -1.0, 1.0)
+    theta = np.arccos(cos_y)
+    if mode == "softmax":
+        return x @ w + b
+    if mode == "lsoftmax":
+        logits, radius = x @ w, x_norm * w_norm[y]
+    elif mode == "sphereface" and scale is None:
+        logits, radius = x_norm[:, None] * cos, x_norm
+    else:
+        logits, radius = scale * cos, np.full(len(y), scale)
+    if mode in ("lsoftmax", "sphereface"):
+        k = np.floor(margin * theta / np.pi)
+        psi = (-1.0) ** k * np.cos(margin * theta) - 2.0 * k
+        target = (psi + lam * cos_y) / (1.0 + lam)
+    elif mode == "normface":
+        target = cos_y
+    elif mode == "cosface":
+        target = cos_y - margin
+    else:
+        m1, m2, m3 = margin if mode == "combined" else (1.0, margin, 0.0)
+        angle = m1 * theta + m2
+        if easy_margin:
+            target = np.where(cos_y > 0, np.cos(angle) - m3, cos_y)
+        else:
+            # past m1θ + m2 = π: cos θ − cos θ_b − 1 − m3, θ_b = (π − m2) / m1
+            beyond = cos_y - np.cos((np.pi - m2) / m1) - 1.0 - m3
+            target = np.where(angle <= np.pi, np.cos(angle) - m3, beyond)
+    if mode == "curricularface":
+        hard = cos > target[:, None]
+        logits = np.where(hard, scale * cos * (t + cos), logits)
+    logits = logits.copy()
+    logits[rows, y] = radius * target
+    return logits
+
+
+def problem(seed=0, batch=40):
+    """Features at every angle to their class centre, with angle ≈ 0 and ≈ π included."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((FEATURE_DIM, NUM_CLASSES)).astype(np.float32)
+    w *= rng.uniform(0.5, 2.0, NUM_CLASSES).astype(np.float32)  # unequal class-centre norms
+    b = rng.standard_normal(NUM_CLASSES).astype(np.float32)
+    x = (rng.standard_normal((batch, FEATURE_DIM)) * rng.uniform(0.2, 5.0, (batch, 1)))
+    y = rng.integers(0, NUM_CLASSES, batch)
+    x[0] = 3.0 * w[:, y[0]] + 1e-3  # θ ≈ 0
+    x[1] = -2.0 * w[:, y[1]] + 0.02  # θ ≈ π
+    return x.astype(np.float32), w, b, y.astype(np.int32)
+
+
+def built_layer(mode, w, b=None, **kwargs):
+    layer = MarginSoftmax(w.shape[1], mode=mode, **kwargs)
+    layer.build([(None, w.shape[0]), (None,)])
+    layer.kernel.assign(w)
+    if b is not None and layer.bias is not None:
+        layer.bias.assign(b)
+    return layer
+
+
+def loss_and_gradients(layer, x, y):
+    """Cross-entropy on the layer's training logits and its gradients w.r.t. (x, kernel)."""
+    backend = keras.backend.backend()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn(y, layer([x, y], training=True))
+        grad_x, grad_w = tape.gradient(loss, [x, layer.kernel.value])
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        kernel_index = next(i for i, v in enumerate(layer.trainable_variables) if v is layer.kernel)
+
+        def loss_of(trainable, x):
+            logits, _ = layer.stateless_call(trainable, non_trainable, [x, y], training=True)
+            return loss_fn(y, logits)
+
+        loss, (grads, grad_x) = jax.value_and_grad(loss_of, argnums=(0, 1))(trainable, x)
+        grad_w = grads[kernel_index]
+    else:
+        pytest.skip(f"no gradient helper for backend {backend}")
+    return (
+        float(keras.ops.convert_to_numpy(loss)),
+        keras.ops.convert_to_numpy(grad_x),
+        keras.ops.convert_to_numpy(grad_w),
+    )
+
+
+DEFAULTS = {
+    "lsoftmax": (4, None),
+    "sphereface": (4, None),
+    "normface": (None, 30.0),
+    "cosface": (0.35, 64.0),
+    "arcface": (0.5, 64.0),
+    "combined": ((1.0, 0.3, 0.2), 64.0),
+    "curricularface": (0.5, 64.0),
+    "softmax": (None, None),
+}
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_logits_match_numpy_formulas_with_paper_defaults(mode):
+    x, w, b, y = problem()
+    margin, scale = DEFAULTS[mode]
+    layer = built_layer(mode, w, b)
+    assert layer.margin == margin and layer.scale == scale
+    got = keras.ops.convert_to_numpy(layer([x, y]))
+    lam = 1000.0 if mode in ("lsoftmax", "sphereface") else 0.0
+    want = reference_logits(mode, x, w, b, y, margin, scale, lam=lam)
+    assert got.dtype == np.float32 and got.shape == (len(x), NUM_CLASSES)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * (scale or 1.0))
+    # without labels: the plain logits (no margin, no re-weighting)
+    plain = keras.ops.convert_to_numpy(layer(x))
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+    want_plain = {
+        "softmax": x @ w + b,
+        "lsoftmax": x @ w,
+        "sphereface": np.linalg.norm(x, axis=1, keepdims=True) * cos,
+    }.get(mode, (scale or 1.0) * cos)
+    np.testing.assert_allclose(plain, want_plain, rtol=1e-4, atol=1e-3 * (scale or 1.0))
+
+
+def test_test_data_reaches_every_psi_branch_and_the_arcface_threshold():
+    x, w, _, y = problem()
+    cos = np.sum((x / np.linalg.norm(x, axis=1, keepdims=True)) * (w / np.linalg.norm(w, axis=0))[:, y].T, axis=1)
+    theta = np.arccos(np.clip(cos, -1, 1))
+    assert set(np.floor(4 * theta / np.pi).astype(int)) == {0, 1, 2, 3}
+    assert (theta > np.pi - 0.5).any() and (theta < 0.01).any()
+
+
+@pytest.mark.parametrize(
+    "mode, margin, scale, options",
+    [
+        ("lsoftmax", 2, None, {"lambda_base": 0.0, "lambda_min": 0.0}),
+        ("sphereface", 3, None, {"lambda_base": 0.0, "lambda_min": 0.0}),
+        ("sphereface", 4, 20.0, {"lambda_base": 0.0, "lambda_min": 0.0}),
+        ("cosface", 0.2, 30.0, {}),
+        ("arcface", 0.3, 10.0, {}),
+        ("arcface", 0.5, 64.0, {"easy_margin": True}),
+        ("combined", (0.9, 0.4, 0.15), 32.0, {}),
+        ("combined", (1.5, 0.2, 0.1), 16.0, {}),
+        ("curricularface", 0.3, 30.0, {"easy_margin": True}),
+    ],
+)
+def test_logits_match_numpy_formulas_with_other_margins(mode, margin, scale, options):
+    x, w, b, y = problem(seed=1)
+    layer = built_layer(mode, w, margin=margin, scale=scale, **options)
+    got = keras.ops.convert_to_numpy(layer([x, y]))
+    want = reference_logits(
+        mode, x, w, b, y, margin, scale, easy_margin=options.get("easy_margin", False)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * (scale or 1.0))
+
+
+def test_labels_of_shape_batch_by_one_and_aliases():
+    x, w, b, y = problem()
+    for alias, mode in (("a-softmax", "sphereface"), ("AM-Softmax", "cosface")):
+        layer = built_layer(alias, w)
+        assert layer.mode == mode
+        flat = keras.ops.convert_to_numpy(layer([x, y]))
+        column = keras.ops.convert_to_numpy(layer([x, y.reshape(-1, 1)]))
+        np.testing.assert_array_equal(flat, column)
+
+
+def test_lambda_anneals_once_per_training_call():
+    x, w, b, y = problem()
+    options = dict(lambda_base=10.0, lambda_gamma=0.5, lambda_power=2.0, lambda_min=1.0)
+    layer = built_layer("sphereface", w, **options)
+    for iteration in range(7):
+        lam = max(1.0, 10.0 * (1.0 + 0.5 * iteration) ** -2.0)
+        assert isinstance(layer.current_lambda(), float)
+        assert layer.current_lambda() == pytest.approx(lam, rel=1e-6)
+        want = reference_logits("sphereface", x, w, b, y, 4, None, lam=lam)
+        # an inference call with labels uses the current λ and does not advance it
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer([x, y])), want, rtol=1e-4, atol=1e-4)
+        got = keras.ops.convert_to_numpy(layer([x, y], training=True))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert int(keras.ops.convert_to_numpy(layer.iterations.value)) == iteration + 1
+    assert layer.current_lambda() == 1.0  # clamped at lambda_min
+    assert MarginSoftmax(5).current_lambda() == 1000.0  # Caffe default base, before building
+    assert MarginSoftmax(5, mode="arcface").current_lambda() == 0.0
+
+
+def test_curricularface_t_is_an_ema_of_the_true_cosines():
+    x, w, b, y = problem()
+    layer = built_layer("curricularface", w)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+    mean_cos_y = cos[np.arange(len(y)), y].mean()
+    t = 0.0
+    for _ in range(3):
+        t = 0.99 * t + 0.01 * mean_cos_y
+        got = keras.ops.convert_to_numpy(layer([x, y], training=True))
+        assert float(keras.ops.convert_to_numpy(layer.curricular_t.value)) == pytest.approx(t, rel=1e-5)
+        want = reference_logits("curricularface", x, w, b, y, 0.5, 64.0, t=t)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
+    # inference uses the stored t and leaves it alone
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer([x, y])), want, rtol=1e-4, atol=1e-2)
+    assert float(keras.ops.convert_to_numpy(layer.curricular_t.value)) == pytest.approx(t, rel=1e-5)
+    # the data holds hard negatives, so the re-weighting above was exercised
+    theta_y = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
+    hard = cos > np.cos(np.minimum(theta_y + 0.5, np.pi))[:, None]
+    hard[np.arange(len(y)), y] = False
+    assert hard.any()
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_gradients_are_finite_at_edge_angles_and_norms(mode):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((8, 5)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 0], dtype=np.int32)
+    x = np.stack(
+        [
+            w[:, 0] * 2.0,  # θ = 0
+            -w[:, 1],  # θ = π
+            np.zeros(8),  # zero-norm feature
+            rng.standard_normal(8) * 1e4 / np.sqrt(8),  # norm ≈ 1e4
+            w[:, 4] * 1e4 / np.linalg.norm(w[:, 4]),  # norm 1e4 at θ = 0
+            -w[:, 0] * 1e4 / np.linalg.norm(w[:, 0]),  # norm 1e4 at θ = π
+        ]
+    ).astype(np.float32)
+    layer = built_layer(mode, w)
+    loss, grad_x, grad_w = loss_and_gradients(layer, x, y)
+    assert np.isfinite(loss)
+    assert np.isfinite(grad_x).all() and np.isfinite(grad_w).all()
+
+
+@pytest.mark.parametrize("mode", ["sphereface", "curricularface", "combined", "softmax"])
+def test_keras_file_round_trip_restores_outputs_and_state(mode, tmp_path):
+    x, w, b, y = problem()
+    features = keras.Input((FEATURE_DIM,), name="features")
+    labels = keras.Input((), dtype="int32", name="labels")
+    head = MarginSoftmax(NUM_CLASSES, mode=mode, kernel_regularizer="l2", name="head")
+    model = keras.Model([features, labels], head([features, labels]))
+    for _ in range(3):  # advance λ's iteration counter and CurricularFace's t
+        model([x, y], training=True)
+    before = keras.ops.convert_to_numpy(model([x, y]))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    restored_head = restored.get_layer("head")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored([x, y])), before)
+    assert int(keras.ops.convert_to_numpy(restored_head.iterations.value)) == 3
+    assert restored_head.current_lambda() == head.current_lambda()
+    assert restored_head.get_config() == head.get_config()
+
+
+def test_get_config_covers_every_argument():
+    layer = MarginSoftmax(
+        11,
+        mode="combined",
+        margin=(0.9, 0.4, 0.1),
+        scale=32,
+        lambda_base=5,
+        lambda_gamma=0.2,
+        lambda_power=2,
+        lambda_min=1,
+        easy_margin=True,
+        t_momentum=0.9,
+        sample_rate=0.5,
+        kernel_initializer="he_normal",
+        kernel_regularizer="l2",
+        seed=7,
+        name="custom",
+    )
+    clone = MarginSoftmax.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    config = layer.get_config()
+    for key in ("num_classes", "mode", "margin", "scale", "lambda_base", "lambda_gamma",
+                "lambda_power", "lambda_min", "easy_margin", "t_momentum", "sample_rate",
+                "kernel_initializer", "kernel_regularizer", "seed", "name", "dtype"):
+        assert key in config
+    assert config["margin"] == [0.9, 0.4, 0.1] and config["easy_margin"] is True
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_tiny_fit_loss_falls(mode):
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((4, 6)) * 3.0
+    y = rng.integers(0, 4, 256).astype(np.int32)
+    x = (centres[y] + rng.standard_normal((256, 6))).astype(np.float32)
+    features = keras.Input((6,))
+    labels = keras.Input((), dtype="int32")
+    embedding = keras.layers.Dense(8)(features)
+    logits = MarginSoftmax(4, mode=mode, seed=0)([embedding, labels])
+    model = keras.Model([features, labels], logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit([x, y], y, batch_size=32, epochs=4, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.7 * losses[0], losses
+    head = model.layers[-1]
+    assert int(keras.ops.convert_to_numpy(head.iterations.value)) == 4 * 8  # once per step
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_gives_float32_logits(policy):
+    x, w, b, y = problem()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        layer = built_layer("arcface", w)
+        dense = keras.layers.Dense(FEATURE_DIM, kernel_initializer="identity")
+        half_features = dense(x)  # features in the policy's compute dtype
+        assert keras.backend.standardize_dtype(half_features.dtype) == policy.split("_")[1]
+        logits = layer([half_features, y])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert layer.compute_dtype == "float32" and layer.kernel.dtype == "float32"
+    x_rounded = keras.ops.convert_to_numpy(keras.ops.cast(half_features, "float32"))
+    want = reference_logits("arcface", x_rounded, w, b, y, 0.5, 64.0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), want, rtol=1e-4, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"mode": "largemargin"}, "'sphereface'"),
+        ({"mode": "sphereface", "margin": 2.5}, "integer margin"),
+        ({"mode": "lsoftmax", "margin": 0}, "integer margin"),
+        ({"mode": "cosface", "margin": -0.1}, "margin m in"),
+        ({"mode": "arcface", "margin": 4.0}, "margin m in"),
+        ({"mode": "combined", "margin": (1.0, 0.3)}, "(m1, m2, m3)"),
+        ({"mode": "combined", "margin": (1.0, -0.3, 0.0)}, "(m1, m2, m3)"),
+        ({"mode": "normface", "margin": 0.3}, "margin=None"),
+        ({"mode": "softmax", "scale": 30.0}, "scale=None"),
+        ({"mode": "cosface", "scale": 0.0}, "scale"),
+        ({"mode": "cosface", "easy_margin": True}, "easy_margin"),
+        ({"mode": "arcface", "sample_rate": 0.0}, "sample_rate"),
+        ({"mode": "sphereface", "lambda_min": -1}, "lambda_min"),
+    ],
+)
+def test_invalid_arguments_say_what_is_expected_and_received(kwargs, fragment):
+    with pytest.raises(UserInputError, match="Expected") as info:
+        MarginSoftmax(10, **kwargs)
+    message = str(info.value)
+    assert fragment in message and "Received" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_margin_function_for_plots():
+    cos = np.linspace(-1.0, 1.0, 201).astype(np.float32)
+    theta = np.arccos(cos.astype(np.float64))
+    arc = MarginSoftmax(3, mode="arcface", margin=0.5)
+    got = keras.ops.convert_to_numpy(arc.margin_function(cos))
+    want = np.where(theta + 0.5 <= np.pi, np.cos(theta + 0.5), cos + math.cos(0.5) - 1.0)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert np.all(np.diff(got) >= -1e-6)  # monotone in cos θ: the threshold rule keeps it so
+    sphere = MarginSoftmax(3, mode="sphereface")
+    psi = keras.ops.convert_to_numpy(sphere.margin_function(cos, lambda_value=0.0))
+    assert np.all(np.diff(psi) >= -1e-5)  # ψ decreases with θ on [0, π]
+    np.testing.assert_allclose(psi[[0, -1]], [-7.0, 1.0], atol=1e-3)
