@@ -348,8 +348,11 @@ class MarginSoftmax(keras.layers.Layer):
         num_classes = self.num_classes
         batch_size = ops.shape(labels)[0]
         num_sampled = max(1, math.ceil(self.sample_rate * num_classes))
+        # at least the batch size, so that every positive class fits
         if isinstance(batch_size, int):
             num_sampled = min(num_classes, max(num_sampled, batch_size))
+        else:  # TensorFlow graph with an unknown batch size
+            num_sampled = ops.minimum(ops.maximum(num_sampled, batch_size), num_classes)
         # random scores in [0, 1); positives get 2 so top-k keeps them all
         scores = keras.random.uniform((num_classes,), seed=self.seed_generator)
         positives = ops.scatter(

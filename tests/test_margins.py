@@ -393,3 +393,72 @@ def test_margin_function_for_plots():
     psi = keras.ops.convert_to_numpy(sphere.margin_function(cos, lambda_value=0.0))
     assert np.all(np.diff(psi) >= -1e-5)  # ψ decreases with θ on [0, π]
     np.testing.assert_allclose(psi[[0, -1]], [-7.0, 1.0], atol=1e-3)
+
+
+# ---------------------------------------------------------------------- Partial FC (issue 9)
+def test_partial_fc_rate_one_is_exactly_the_full_layer():
+    x, w, b, y = problem()
+    full = built_layer("arcface", w)
+    partial = built_layer("arcface", w, sample_rate=1.0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(partial([x, y], training=True)),
+        keras.ops.convert_to_numpy(full([x, y], training=True)),
+    )
+    # a rate whose ceil(r·C) is C goes through the sampling code and keeps every class
+    sampled_all = built_layer("arcface", w, sample_rate=0.95, seed=1)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(sampled_all([x, y], training=True)),
+        keras.ops.convert_to_numpy(full([x, y], training=True)),
+        rtol=1e-6,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("mode", ["sphereface", "cosface", "curricularface", "softmax"])
+def test_partial_fc_keeps_positives_and_samples_the_rest(mode):
+    rng = np.random.default_rng(4)
+    num_classes, batch = 60, 8
+    w = rng.standard_normal((5, num_classes)).astype(np.float32)
+    b = rng.standard_normal(num_classes).astype(np.float32)
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
+    x = rng.standard_normal((batch, 5)).astype(np.float32)
+    full = built_layer(mode, w, b)
+    partial = built_layer(mode, w, b, sample_rate=0.25, seed=3)
+    sampled_sets = set()
+    for _ in range(3):  # both layers advance λ (sphereface) and t (curricularface) alike
+        want_full = keras.ops.convert_to_numpy(full([x, y], training=True))
+        got = keras.ops.convert_to_numpy(partial([x, y], training=True))
+        sampled = np.flatnonzero(got[0] > -1e8)
+        assert len(sampled) == math.ceil(0.25 * num_classes)
+        assert (got[:, sampled] > -1e8).all() and (got[:, np.setdiff1d(np.arange(60), sampled)] == -1e9).all()
+        assert set(y) <= set(sampled)  # every positive class centre is used
+        np.testing.assert_allclose(got[:, sampled], want_full[:, sampled], rtol=1e-5, atol=1e-4)
+        sampled_sets.add(tuple(sampled))
+    assert len(sampled_sets) > 1  # negatives are re-drawn every step
+    # inference calls see every class
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(partial([x, y])), keras.ops.convert_to_numpy(full([x, y])),
+        rtol=1e-6, atol=1e-5,
+    )
+
+
+def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
+    rng = np.random.default_rng(5)
+    num_classes, batch = 200, 32
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
+    x = rng.standard_normal((batch, 6)).astype(np.float32)
+    w = rng.standard_normal((6, num_classes)).astype(np.float32)
+    layer = built_layer("cosface", w, sample_rate=0.05, seed=0)
+    loss, _, grad_w = loss_and_gradients(layer, x, y)
+    touched = np.flatnonzero(np.abs(grad_w).sum(axis=0) > 0)
+    assert set(y) <= set(touched) and len(touched) <= batch  # max(ceil(0.05·200), 32) sampled
+    # through model.fit (TensorFlow: unknown batch size in the graph), plain SGD
+    features = keras.Input((6,))
+    labels = keras.Input((), dtype="int32")
+    head = MarginSoftmax(num_classes, mode="cosface", sample_rate=0.05, seed=0)
+    model = keras.Model([features, labels], head([features, labels]))
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = keras.ops.convert_to_numpy(head.kernel.value).copy()
+    model.fit([x, y], y, batch_size=batch, epochs=1, verbose=0)
+    changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(head.kernel.value) != before, axis=0))
+    assert set(y) <= set(changed) and len(changed) == batch
