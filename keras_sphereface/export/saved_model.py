@@ -146,7 +146,9 @@ def describe_saved_model(path):
             signature = meta_graph.signature_def[key]
             lines.append(f"\nsignature_def['{key}']:")
             for kind, tensors in (("input", signature.inputs), ("output", signature.outputs)):
-                lines.append(f"  The given SavedModel SignatureDef contains the following {kind}(s):")
+                lines.append(
+                    f"  The given SavedModel SignatureDef contains the following {kind}(s):"
+                )
                 for name, info in sorted(tensors.items()):
                     shape = tuple(d.size for d in info.tensor_shape.dim)
                     lines += [
@@ -186,13 +188,14 @@ class SavedModelEmbedder:
         import tensorflow as tf
 
         images = check_image_batch(images, self.input_size)
-        outputs = [
-            self._function(**{INPUT_NAME: tf.constant(images[i : i + self.batch_size], self._dtype)})
-            for i in range(0, len(images), self.batch_size)
-        ]
-        if not outputs:
-            return np.zeros((0, self._function.structured_outputs[OUTPUT_NAME].shape[-1]), np.float32)
-        return np.concatenate([o[OUTPUT_NAME].numpy() for o in outputs]).astype(np.float32)
+        if len(images) == 0:
+            dim = self._function.structured_outputs[OUTPUT_NAME].shape[-1]
+            return np.zeros((0, dim), np.float32)
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            batch = tf.constant(images[start : start + self.batch_size], self._dtype)
+            outputs.append(self._function(**{INPUT_NAME: batch})[OUTPUT_NAME].numpy())
+        return np.concatenate(outputs).astype(np.float32)
 
 
 def load_saved_model_embedder(path, signature=DEFAULT_SIGNATURE, batch_size=64):
