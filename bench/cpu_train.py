@@ -1,0 +1,100 @@
+"""sphere20 training throughput on CPU (TensorFlow backend): images/s of a full training step
+(forward, loss, backward, SGD update) with and without XLA, MarginSoftmax (A-Softmax) head vs
+a plain softmax (Dense) head; ratios against the plain-softmax, no-XLA baseline of the same run.
+
+    nice -n 10 python bench/cpu_train.py              # sphere20, 10,575 classes (CASIA-WebFace)
+    python bench/cpu_train.py --smoke                 # a tiny model, seconds
+
+Synthetic uint8 batches held in memory: this measures the model, not the input pipeline
+(bench/input_pipeline.py does that).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_sphereface.backbones import get_backbone  # noqa: E402
+from keras_sphereface.models import build_training_model  # noqa: E402
+from keras_sphereface.training import CoupledWeightDecaySGD  # noqa: E402
+
+
+def training_model(args, head):
+    backbone = get_backbone(
+        args.backbone, width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim
+    )
+    if head == "margin":
+        return build_training_model(backbone, args.classes, mode="sphereface")
+    images = keras.Input(backbone.input_shape[1:], name="images")
+    labels = keras.Input((), dtype="int32", name="labels")  # unused: same inputs as the margin model
+    logits = keras.layers.Dense(args.classes, name="softmax")(backbone(images))
+    return keras.Model({"images": images, "labels": labels}, logits)
+
+
+def images_per_second(args, head, xla):
+    keras.utils.set_random_seed(0)
+    model = training_model(args, head)
+    model.compile(
+        optimizer=CoupledWeightDecaySGD(0.01, momentum=0.9, coupled_weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=xla,
+    )
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, args.classes, args.batch_size).astype("int32")
+    batch = {"images": rng.integers(0, 256, (args.batch_size, 112, 96, 3)).astype("uint8"), "labels": labels}
+    data = tf.data.Dataset.from_tensors((batch, labels)).repeat()
+    model.fit(data, steps_per_epoch=args.warmup, epochs=1, shuffle=False, verbose=0)  # trace/compile
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    return args.steps * args.batch_size / seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="sphere20")
+    parser.add_argument("--width-multiplier", type=float, default=1.0)
+    parser.add_argument("--embedding-dim", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=10575)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing, XLA compile)")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps")
+    args = parser.parse_args()
+    if args.smoke:
+        args.backbone, args.width_multiplier, args.embedding_dim = "sphere4", 0.125, 32
+        args.classes, args.batch_size, args.steps, args.warmup = 100, 8, 3, 1
+
+    print(
+        f"{args.backbone} ×{args.width_multiplier} width, {args.embedding_dim}-d, {args.classes} "
+        f"classes, batch {args.batch_size}, {args.steps} timed steps; keras {keras.__version__}, "
+        f"tensorflow {tf.__version__}, {os.cpu_count()} CPU cores visible"
+    )
+    results = {}
+    for head in ("softmax", "margin"):
+        for xla in (False, True):
+            results[head, xla] = images_per_second(args, head, xla)
+    baseline = results["softmax", False]
+    print(f"{'head':<26} {'XLA':<4} {'img/s':>8} {'vs softmax, no XLA':>20}")
+    for (head, xla), speed in results.items():
+        name = "plain softmax (Dense)" if head == "softmax" else "MarginSoftmax (A-Softmax)"
+        print(f"{name:<26} {'on' if xla else 'off':<4} {speed:8.2f} {speed / baseline:19.2f}x")
+    for head in ("softmax", "margin"):
+        print(f"XLA speed-up, {head} head: {results[head, True] / results[head, False]:.2f}x")
+    for xla in (False, True):
+        print(
+            f"MarginSoftmax cost, XLA {'on' if xla else 'off'}: "
+            f"{results['margin', xla] / results['softmax', xla]:.2f}x the plain softmax speed"
+        )
+
+
+if __name__ == "__main__":
+    main()
