@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 
 
-def write_rgb(path, rgb, **params):
+def _write_rgb(path, rgb, flags=()):
     """Write an RGB uint8/uint16 array with OpenCV (which expects BGR)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     image = rgb[..., ::-1] if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
-    assert cv2.imwrite(str(path), np.ascontiguousarray(image), list(params.get("flags", [])))
+    assert cv2.imwrite(str(path), np.ascontiguousarray(image), list(flags))
+
+
+@pytest.fixture
+def write_rgb():
+    return _write_rgb
 
 
 @pytest.fixture
@@ -26,6 +31,6 @@ def crop_tree(tmp_path):
         for k in range(4):
             rgb = rng.integers(0, 256, (112, 96, 3), dtype=np.uint8)
             relpath = f"{person}/{person}_{k:04d}.png"
-            write_rgb(tmp_path / "crops" / relpath, rgb)
+            _write_rgb(tmp_path / "crops" / relpath, rgb)
             images[relpath] = rgb
     return tmp_path / "crops", images

@@ -1,0 +1,133 @@
+"""A TensorFlow-free loader: `keras.utils.PyDataset` with OpenCV decode and worker processes.
+
+For the JAX and PyTorch backends on machines without TensorFlow. Same output and the same
+per-epoch order and flips as `make_dataset` (both follow `index.epoch_order(seed, epoch)`):
+`({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`. Decoding is
+`cv2.imread(IMREAD_COLOR)` (grayscale, RGBA and 16-bit PNG become 8-bit BGR, turned to RGB);
+alignment is `alignment.warp.align_face` (`cv2.warpAffine` onto the template).
+
+Keras asks for batches by number and re-forks its worker pool each epoch after
+`on_epoch_end`, so workers always see the current epoch. Pass `shuffle=False` to `fit`: the
+order is already shuffled here, and Keras' own batch shuffling is unseeded.
+"""
+
+import concurrent.futures
+import os
+
+import cv2
+import keras
+import numpy as np
+
+from keras_sphereface.alignment.warp import align_face
+from keras_sphereface.data import index as index_lib
+from keras_sphereface.errors import UserInputError
+
+
+def read_rgb(path):
+    """8-bit RGB [H, W, 3] of a JPEG/PNG file, or None if OpenCV cannot decode it."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_problems(paths, image_size=None):
+    """{position: reason} for the files OpenCV cannot decode (or of the wrong size), in threads."""
+
+    def shape_of(path):
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        return None if image is None else image.shape[:2]
+
+    problems = {}
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        for position, shape in enumerate(pool.map(shape_of, paths, chunksize=64)):
+            if shape is None:
+                problems[position] = "cannot be decoded by OpenCV"
+            elif image_size is not None and tuple(shape) != tuple(image_size):
+                problems[position] = (
+                    f"is {shape[0]}x{shape[1]}, not an aligned {image_size[0]}x{image_size[1]} crop "
+                    f"(align first, or pass landmarks to align on the fly)"
+                )
+    return problems
+
+
+class FaceDataset(keras.utils.PyDataset):
+    """Batches of aligned faces from an `ImageIndex`, decoded with OpenCV (no TensorFlow).
+
+    Args:
+        index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip: as in
+            `make_dataset`, except that an epoch is finite here: `len(self)` batches (full
+            batches only when training); `on_epoch_end` moves to the next epoch's order.
+        workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
+    """
+
+    def __init__(
+        self,
+        index,
+        batch_size,
+        image_size=(112, 96),
+        landmarks=None,
+        training=True,
+        seed=0,
+        initial_epoch=0,
+        flip=None,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        if batch_size < 1 or (training and len(index) < batch_size):
+            raise UserInputError(
+                f"Expected 1 <= batch_size <= number of images ({len(index)}). Received: batch_size={batch_size}"
+            )
+        self.index = index
+        self.batch_size = int(batch_size)
+        self.image_size = tuple(int(v) for v in image_size)
+        self.points = None if landmarks is None else index_lib.resolve_landmarks(index, landmarks)
+        self.training = training
+        self.flip = training if flip is None else flip
+        self.seed = seed
+        self.epoch = initial_epoch
+        self._paths = index.absolute_paths()
+        self._order = None  # (epoch, positions, flips), computed once per epoch per process
+
+    def __len__(self):
+        if self.training:
+            return index_lib.steps_per_epoch(len(self.index), self.batch_size)
+        return -(-len(self.index) // self.batch_size)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def _epoch_order(self):
+        if self._order is None or self._order[0] != self.epoch:
+            positions, flips = index_lib.epoch_order(
+                len(self.index), self.seed, self.epoch, shuffle=self.training, flip=self.flip
+            )
+            self._order = (self.epoch, positions, flips)
+        return self._order[1:]
+
+    def _load(self, position):
+        image = read_rgb(self._paths[position])
+        if image is None:
+            raise UserInputError(
+                f"Expected a readable JPEG/PNG (run validate_images before training). "
+                f"Received: {self._paths[position]!r}"
+            )
+        if self.points is not None:
+            return align_face(image, self.points[position], self.image_size)
+        if image.shape[:2] != self.image_size:
+            raise UserInputError(
+                f"Expected an aligned {self.image_size[0]}x{self.image_size[1]} crop. "
+                f"Received: {image.shape[0]}x{image.shape[1]} in {self._paths[position]!r}"
+            )
+        return image
+
+    def __getitem__(self, batch):
+        if not 0 <= batch < len(self):
+            raise IndexError(f"batch {batch} out of range [0, {len(self)})")
+        positions, flips = self._epoch_order()
+        chosen = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+        positions, flips = positions[chosen], flips[chosen]
+        images = np.stack([self._load(p) for p in positions])
+        images[flips] = images[flips, :, ::-1]
+        labels = self.index.labels[positions]
+        return {"images": images, "labels": labels}, labels
