@@ -60,7 +60,9 @@ def margin_softmax_distribution(num_classes, devices=None, layer_name="margin_so
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name=MESH_AXIS)
 
 
-def memory_per_device(num_classes, num_devices=1, batch_size=256, feature_dim=512, bytes_per_value=4):
+def memory_per_device(
+    num_classes, num_devices=1, batch_size=256, feature_dim=512, bytes_per_value=4
+):
     """Bytes per device of the margin head under `margin_softmax_distribution`.
 
     kernel = D·C/N values; SGD momentum and the gradient the same size each; one logit
