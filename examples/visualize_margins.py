@@ -77,7 +77,7 @@ def main():
         )
         backbone = embedding_model(model)
         head = digits.margin_head(model)
-        features = np.asarray(backbone.predict(images[test], batch_size=256, verbose=0))
+        features = digits.embed(backbone, images[test])
         predicted = np.argmax(keras.ops.convert_to_numpy(head(features)), axis=1)
         accuracy = float(np.mean(predicted == labels[test]))
         metrics = hypersphere.alignment_and_uniformity(features, labels[test])

@@ -186,7 +186,7 @@ def verify_digits(backbone, images, labels, pairs_per_fold=30, num_folds=10, see
     from keras_sphereface.evaluation.protocol import verification_protocol
     from keras_sphereface.hypersphere import alignment_and_uniformity
 
-    features = np.asarray(backbone.predict(images, batch_size=256, verbose=0))
+    features = embed(backbone, images)
     first, second, is_same, folds = sample_pairs(
         labels, pairs_per_fold=pairs_per_fold, num_folds=num_folds, seed=seed
     )
@@ -200,3 +200,12 @@ def margin_head(model):
     from keras_sphereface.margins import MarginSoftmax
 
     return next(layer for layer in model.layers if isinstance(layer, MarginSoftmax))
+
+
+def embed(backbone, images):
+    """The embeddings [N, D] of `images` as float32 NumPy: one inference-mode forward pass
+    (the digits are small enough; no `predict` loop, so no retracing per model)."""
+    import keras
+
+    features = backbone(np.asarray(images, dtype=np.float32), training=False)
+    return np.asarray(keras.ops.convert_to_numpy(features), dtype=np.float32)

@@ -130,7 +130,7 @@ def demo(output, epochs, embedding_dim, seed):
         figure = plt.figure(figsize=(4 * len(rows), 4.6), layout="constrained")
         for column, row in enumerate(rows):
             backbone, model = backbones[row["name"]]
-            features = np.asarray(backbone.predict(images[shown], batch_size=256, verbose=0))
+            features = digits.embed(backbone, images[shown])
             kernel = keras.ops.convert_to_numpy(digits.margin_head(model).kernel)
             ax = figure.add_subplot(1, len(rows), column + 1,
                                     projection="3d" if embedding_dim == 3 else None)
