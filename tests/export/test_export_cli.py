@@ -75,3 +75,16 @@ def test_bad_options_are_user_errors(model_file, tmp_path, lfw_dir, args, messag
     result = run(["--model", model_file, "--output", str(tmp_path), *args], lfw_dir)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_run_directory_exports_the_backbone(backbone, tmp_path, lfw_dir):
+    from keras_sphereface.models import build_training_model
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    build_training_model(backbone, num_classes=10, mode="arcface").save(run_dir / "checkpoint.keras")
+    args = ["--model", str(run_dir), "--format", "tflite", "--output", str(tmp_path / "m.tflite")]
+    result = run(args, lfw_dir)
+    assert result.exit_code == 0, result.output
+    assert "inputs['images']" in result.output and "labels" not in result.output
+    assert parity_figures(result.output, "serving_default")[1] >= 0.99999

@@ -182,3 +182,25 @@ def test_kill_during_export_keeps_previous_export(backbone, tmp_path, parity_fac
     assert process.returncode == -signal.SIGKILL
     assert [n for n in os.listdir(export_dir) if n.isdigit()] == ["1"]
     np.testing.assert_array_equal(load_saved_model_embedder(export_dir)(parity_faces), before)
+
+
+def test_training_model_exports_its_backbone_only(backbone, tmp_path, parity_faces, keras_reference):
+    from keras_sphereface.models import build_training_model
+
+    num_classes = 2000  # a margin head of 32 x 2000 weights, big enough to notice if shipped
+    training_model = build_training_model(backbone, num_classes=num_classes, mode="cosface")
+    version_dir = export_saved_model(training_model, tmp_path / "from_training_model")
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["images"]  # no labels input
+    out = signature(images=tf.constant(parity_faces))["embeddings"].numpy()
+    assert np.max(np.abs(out - keras_reference(parity_faces))) <= 1e-5
+    # the margin head's (feature_dim, num_classes) kernel is not shipped
+    head_bytes = EMBEDDING_DIM * num_classes * 4
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in backbone.weights)
+    variables_dir = os.path.join(version_dir, "variables")
+    stored = sum(
+        os.path.getsize(os.path.join(variables_dir, f))
+        for f in os.listdir(variables_dir)
+        if f.startswith("variables.data")
+    )
+    assert weight_bytes <= stored < weight_bytes + head_bytes / 2
