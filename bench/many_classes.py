@@ -14,6 +14,7 @@ identities at r = 0.1 reach ≥ 70 % of the 10k throughput on one H100.
     python bench/many_classes.py                  # the GPU run (all four sizes, both rates)
     python bench/many_classes.py --shard          # C sharded over all local devices
     python bench/many_classes.py --smoke          # CPU: sphere20 at width 1/8, batch 8, 1k ids
+    python bench/many_classes.py --memory-table   # memory_per_device for 100k-10M ids, 1-64 devices
 """
 
 import argparse
@@ -41,6 +42,8 @@ def parse_args():
                         help="margin_softmax_distribution over all local devices")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU-sized: width 1/8, batch 8, 1k classes, 2 steps")
+    parser.add_argument("--memory-table", action="store_true",
+                        help="print memory_per_device's table (batch 128 per device) and exit")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # "classes,sample_rate"
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
@@ -121,8 +124,26 @@ def _peak_memory_bytes(num_devices):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"  # KiB
 
 
+def print_memory_table():
+    """Markdown table of the class-dependent memory per device, 128 images per device."""
+    from keras_sphereface.distribution import memory_per_device
+
+    parts = ("kernel", "momentum", "gradient", "logits", "total")
+    print("GiB per device (keras_sphereface.memory_per_device):\n")
+    print("| identities | devices | global batch | " + " | ".join(parts) + " |")
+    print("|---:" * (3 + len(parts)) + "|")
+    for num_classes in (100_000, 1_000_000, 2_000_000, 10_000_000):
+        for num_devices in (1, 8, 64):
+            sizes = memory_per_device(num_classes, num_devices, batch_size=128 * num_devices)
+            print(f"| {num_classes:,} | {num_devices} | {128 * num_devices} | "
+                  + " | ".join(f"{sizes[part] / 2**30:.2f}" for part in parts) + " |")
+
+
 def main():
     args = parse_args()
+    if args.memory_table:
+        print_memory_table()
+        return
     if args.child:
         classes, sample_rate = args.child.split(",")
         print(json.dumps(run_configuration(args, int(classes), float(sample_rate))))

@@ -190,13 +190,11 @@ def _jax_worker():
             shards = sorted(kernel.addressable_shards, key=lambda s: s.index[1].start)
             assert len({s.device for s in shards}) == 8
             per_device = NUM_CLASSES // 8
+            full_kernel = _initial_weights()["margin_softmax/kernel"]
             for i, shard in enumerate(shards):
                 assert shard.data.shape == (FEATURE_DIM, per_device)
-                _assert_close(
-                    f"shard {i}",
-                    shard.data,
-                    _initial_weights()["margin_softmax/kernel"][:, i * per_device : (i + 1) * per_device],
-                )
+                columns = slice(i * per_device, (i + 1) * per_device)
+                _assert_close(f"shard {i}", shard.data, full_kernel[:, columns])
             backbone_kernel = sharded.get_layer("backbone").kernel.value
             assert backbone_kernel.sharding.is_fully_replicated
             data_layout = distribution.get_data_layout((BATCH,)).backend_layout
@@ -274,13 +272,16 @@ def _tf_worker():
         mirrored = _build_model()
         _set_weights(mirrored)
     dataset = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(BATCH)
-    per_replica_inputs, per_replica_labels = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    per_replica_inputs, per_replica_labels = next(
+        iter(strategy.experimental_distribute_dataset(dataset))
+    )
     loss, grads = strategy.run(
         loss_and_gradients, args=(mirrored, per_replica_inputs, per_replica_labels, BATCH)
     )
     _assert_close("loss", strategy.reduce("SUM", loss, axis=None), expected_loss)
     for variable, grad, expected in zip(mirrored.trainable_variables, grads, expected_grads):
-        _assert_close(f"d loss / d {variable.path}", strategy.reduce("SUM", grad, axis=None), expected)
+        summed = strategy.reduce("SUM", grad, axis=None)
+        _assert_close(f"d loss / d {variable.path}", summed, expected)
 
     single = _compiled_for_training(_build_model())
     _set_weights(single)
@@ -293,7 +294,8 @@ def _tf_worker():
     for expected, actual in zip(single.variables, mirrored.variables):
         _assert_close(f"{actual.path} after 2 fit steps", actual.value, expected.value)
     # W is replicated, not sharded: one full copy per replica
-    kernel_copies = strategy.experimental_local_results(mirrored.get_layer("margin_softmax").kernel.value)
+    kernel = mirrored.get_layer("margin_softmax").kernel.value
+    kernel_copies = strategy.experimental_local_results(kernel)
     assert [tuple(k.shape) for k in kernel_copies] == [(FEATURE_DIM, NUM_CLASSES)] * 4
     print("tensorflow mirrored == single device")
 
