@@ -43,6 +43,8 @@ _PUBLIC_API = {
     "export_tflite": "keras_sphereface.export",
     "load_saved_model_embedder": "keras_sphereface.export",
     "LiteRTEmbedder": "keras_sphereface.export",
+    "margin_softmax_distribution": "keras_sphereface.distribution",
+    "memory_per_device": "keras_sphereface.distribution",
     "alignment_and_uniformity": "keras_sphereface.hypersphere",
     "alignment_loss": "keras_sphereface.hypersphere",
     "uniformity_loss": "keras_sphereface.hypersphere",
