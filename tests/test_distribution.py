@@ -26,6 +26,7 @@ SCALE, MARGIN = 30.0, 0.35
 
 
 # ---------------------------------------------------------------- in-process checks
+@pytest.mark.multi_backend
 def test_memory_per_device_counts_the_class_dependent_buffers():
     sizes = memory_per_device(2_000_000, num_devices=8, batch_size=1024, feature_dim=512)
     per_device_classes = 2_000_000 // 8
@@ -35,6 +36,7 @@ def test_memory_per_device_counts_the_class_dependent_buffers():
     assert sizes["total"] == 3 * sizes["kernel"] + sizes["logits"]
 
 
+@pytest.mark.multi_backend
 def test_num_classes_must_split_evenly_over_devices():
     devices = [f"cpu:{i}" for i in range(8)]
     with pytest.raises(UserInputError, match="multiple of the 8 devices.*num_classes=1001"):
