@@ -8,10 +8,11 @@ through the standard protocol (`evaluation.protocol.verification_protocol`): the
 of fold k is chosen on the other 9 folds' held-out scores, accuracy is reported as mean ±
 std over the folds. Mean-feature subtraction is off: the 10 models have 10 feature spaces.
 
-Images are the deep-funneled 250×250 frames, aligned on the fly to the 112×96 template
-with the package's shipped LFW landmarks. Training is `keras_sphereface.training.train`
-(SGD momentum 0.9, weight decay 5e-4, the paper's step schedule, horizontal flips); every
-run has its own run directory, so an interrupted sweep continues where it stopped.
+The deep-funneled 250×250 frames are aligned once onto the 112×96 template with the
+package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_112x96).
+Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4, the
+paper's step schedule, horizontal flips, crops cached in memory); every run has its own run
+directory, so an interrupted sweep continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
@@ -35,11 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from keras_sphereface.alignment import lfw_landmarks_path  # noqa: E402
-from keras_sphereface.alignment.landmarks import (  # noqa: E402
-    read_landmarks_file,
-    write_landmarks_file,
-)
+from keras_sphereface.alignment import align_folder, lfw_landmarks_path  # noqa: E402
 from keras_sphereface.atomic import atomic_path  # noqa: E402
 from keras_sphereface.data import scan_identity_folder  # noqa: E402
 from keras_sphereface.errors import UserInputError  # noqa: E402
@@ -60,9 +57,8 @@ CONFIGS = {
     "a-softmax-m2": ("sphereface", 2, None),
     "a-softmax-m3": ("sphereface", 3, None),
 }
-# training images are listed as IMAGES_LINK/NAME/NAME_0001.jpg relative to OUTPUT, where
-# IMAGES_LINK is a symbolic link to lfw-deepfunneled (nothing is copied)
-IMAGES_LINK = "lfw-deepfunneled"
+# the aligned crops: OUTPUT/ALIGNED/NAME/NAME_0001.jpg
+ALIGNED = "aligned_112x96"
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -127,23 +123,20 @@ def device_description():
     return backend
 
 
-def prepare_training_lists(output, images_dir, pairs, folds, max_images, seed, shipped):
-    """Per fold k, a list file of the images of every identity absent from fold k.
+def align_lfw(output, images_dir, landmarks_path):
+    """Align every LFW image once onto the 112×96 template into OUTPUT/ALIGNED (resumable);
+    the training runs and the extraction then read small crops instead of warping frames."""
+    aligned_dir = os.path.join(output, ALIGNED)
+    counts = align_folder(images_dir, aligned_dir, size=(112, 96), from_landmarks=landmarks_path)
+    print(f"aligned LFW into {aligned_dir}: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int) and v))
+    return aligned_dir
 
-    `shipped`: {NAME/NAME_0001.jpg: (5, 2) landmarks}. Returns {fold: list file path} and
-    a landmarks file keyed by the listed paths.
-    """
-    os.makedirs(output, exist_ok=True)
-    link = os.path.join(output, IMAGES_LINK)
-    if not os.path.islink(link):
-        os.symlink(os.path.abspath(images_dir), link)
-    landmarks_path = os.path.join(output, "landmarks.txt")
-    if not os.path.isfile(landmarks_path):
-        write_landmarks_file(
-            landmarks_path, {f"{IMAGES_LINK}/{relpath}": points for relpath, points in shipped.items()},
-            header="LFW deep-funneled landmarks, keyed relative to this folder",
-        )
-    index = scan_identity_folder(images_dir)
+
+def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
+    """Per fold k, a list file OUTPUT/train_fold{k}.txt of the crops of every identity absent
+    from fold k (paths relative to OUTPUT, labels 0..C-1)."""
+    index = scan_identity_folder(aligned_dir)
     names = np.array(index.class_names)[index.labels]
     lists = {}
     for fold in folds:
@@ -157,16 +150,16 @@ def prepare_training_lists(output, images_dir, pairs, folds, max_images, seed, s
         path = os.path.join(output, f"train_fold{fold}.txt")
         with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(f"# LFW images of the {len(identities)} identities absent from fold {fold}\n")
+                f.write(f"# LFW crops of the {len(identities)} identities absent from fold {fold}\n")
                 for i in keep:
-                    f.write(f"{IMAGES_LINK}/{index.paths[i]} {label_of[names[i]]}\n")
+                    f.write(f"{ALIGNED}/{index.paths[i]} {label_of[names[i]]}\n")
         lists[fold] = path
         print(f"fold {fold}: {len(in_fold)} identities held out; training on {len(keep)} images "
               f"of {len(identities)} identities")
-    return lists, landmarks_path
+    return lists
 
 
-def run_fold(args, name, fold, list_path, landmarks_path, images_dir, pairs, shipped):
+def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     """Train (or resume) the fold's model; return its left/right features of fold `fold`."""
     mode, margin, scale = CONFIGS[name]
     run_dir = os.path.join(args.output, name, f"fold{fold}")
@@ -178,8 +171,7 @@ def run_fold(args, name, fold, list_path, landmarks_path, images_dir, pairs, shi
             list_path, run_dir, backbone=args.backbone, mode=mode, margin=margin, scale=scale,
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
-            landmarks=landmarks_path, mixed_precision=args.mixed_precision, seed=args.seed,
-            verbose=2,
+            mixed_precision=args.mixed_precision, cache=True, seed=args.seed, verbose=2,
         )
     train_seconds = time.time() - started
     if result.stopped:
@@ -187,8 +179,7 @@ def run_fold(args, name, fold, list_path, landmarks_path, images_dir, pairs, shi
     test = pairs.folds == fold
     relpaths = sorted(set(np.array(pairs.left)[test]) | set(np.array(pairs.right)[test]))
     embeddings, _ = extract_embeddings(
-        load_embedder(run_dir), relpaths, images_dir,
-        landmarks={p: shipped[p] for p in relpaths},
+        load_embedder(run_dir), relpaths, aligned_dir,
         cache_path=os.path.join(run_dir, f"fold{fold}_embeddings.npz"),
         cache_settings={"run": os.path.abspath(run_dir), "epochs": result.epochs_done},
         progress=False,
@@ -203,9 +194,9 @@ def main():
     lfw_dir = resolve_lfw_dir(args.lfw_dir)
     images_dir = lfw_dir / LFW_IMAGES
     pairs = read_pairs(lfw_dir / LFW_PAIRS, images_dir)
-    shipped = read_landmarks_file(args.landmarks or lfw_landmarks_path())
-    lists, landmarks_path = prepare_training_lists(
-        args.output, images_dir, pairs, args.folds, args.max_train_images, args.seed, shipped
+    aligned_dir = align_lfw(args.output, images_dir, args.landmarks or lfw_landmarks_path())
+    lists = prepare_training_lists(
+        args.output, aligned_dir, pairs, args.folds, args.max_train_images, args.seed
     )
     device = device_description()
     results = {"device": device, "settings": {k: v for k, v in vars(args).items()}, "configs": {}}
@@ -214,7 +205,7 @@ def main():
         for fold in args.folds:
             print(f"== {name}, fold {fold} ==", flush=True)
             left, right, seconds[fold] = run_fold(
-                args, name, fold, lists[fold], landmarks_path, images_dir, pairs, shipped
+                args, name, fold, lists[fold], aligned_dir, pairs
             )
             fold_features[fold] = (left, right)
         scored = np.isin(pairs.folds, args.folds)
