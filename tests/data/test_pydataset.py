@@ -1,0 +1,92 @@
+"""The TF-free PyDataset loader: same batches as the tf.data pipeline, worker processes, epochs."""
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from keras_sphereface.data import FaceDataset, ImageIndex, scan_identity_folder
+from keras_sphereface.errors import UserInputError
+
+
+def jpeg_tree(root, images):
+    """The PNG crops of `crop_tree` re-encoded as JPEG beside them (a second index)."""
+    for relpath, rgb in images.items():
+        cv2.imwrite(str(root / relpath.replace(".png", ".jpg")), np.ascontiguousarray(rgb[..., ::-1]))
+    index = scan_identity_folder(root)
+    return index.select(np.array([p.endswith(".jpg") for p in index.paths]))
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_same_batches_as_tf_data(crop_tree, kind):
+    tf = pytest.importorskip("tensorflow")
+    from keras_sphereface.data import make_dataset
+
+    root, images = crop_tree
+    index = scan_identity_folder(root) if kind == "png" else jpeg_tree(root, images)
+    loader = FaceDataset(index, batch_size=5, seed=11)
+    stream = iter(make_dataset(index, batch_size=5, seed=11))
+    for epoch in range(2):
+        for batch in range(len(loader)):
+            (ours, our_labels), (theirs, their_labels) = loader[batch], next(stream)
+            assert ours["images"].dtype == np.uint8 and ours["labels"].dtype == np.int32
+            np.testing.assert_array_equal(ours["images"], theirs["images"].numpy())
+            np.testing.assert_array_equal(our_labels, their_labels.numpy())
+        loader.on_epoch_end()
+    evaluation = list(make_dataset(index, batch_size=5, training=False))
+    loader = FaceDataset(index, batch_size=5, training=False)
+    assert len(loader) == len(evaluation) == 3
+    for batch, (theirs, _) in enumerate(evaluation):
+        np.testing.assert_array_equal(loader[batch][0]["images"], theirs["images"].numpy())
+
+
+def test_alignment_close_to_tf_data(tmp_path):
+    pytest.importorskip("tensorflow")
+    from keras_sphereface.data import make_dataset
+
+    rng = np.random.default_rng(2)
+    low = rng.integers(0, 256, (25, 25, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "face.jpg"), cv2.resize(low, (250, 250), interpolation=cv2.INTER_CUBIC))
+    landmarks = {"face.jpg": np.array([[100, 110], [150, 105], [127, 140], [105, 165], [148, 162]], np.float32)}
+    index = ImageIndex(tmp_path, ["face.jpg"], [0], ["a"])
+    ours = FaceDataset(index, 1, landmarks=landmarks, training=False)[0][0]["images"]
+    theirs = next(iter(make_dataset(index, 1, landmarks=landmarks, training=False)))[0]["images"].numpy()
+    difference = np.abs(ours.astype(int) - theirs)
+    assert difference.max() <= 2 and difference.mean() <= 0.1
+
+
+@pytest.mark.multi_backend
+def test_epochs_flips_and_worker_processes(crop_tree):
+    root, images = crop_tree
+    index = scan_identity_folder(root)
+    loader = FaceDataset(index, batch_size=4, seed=5, workers=2, use_multiprocessing=True)
+    assert len(loader) == 3
+    epoch0 = [loader[i] for i in range(3)]
+    by_pixels = {images[p].tobytes(): (label, False) for p, label in zip(index.paths, index.labels)}
+    by_pixels.update({images[p][:, ::-1].tobytes(): (label, True) for p, label in zip(index.paths, index.labels)})
+    seen = [by_pixels[image.tobytes()] for x, _ in epoch0 for image in x["images"]]
+    assert [label for label, _ in seen] == np.concatenate([y for _, y in epoch0]).tolist()
+    assert 0 < sum(flipped for _, flipped in seen) < 12
+
+    # Through Keras' worker processes (what fit/predict use): same batches, then the next epoch.
+    inputs = {
+        "images": keras.Input((112, 96, 3), dtype="uint8", name="images"),
+        "labels": keras.Input((), dtype="int32", name="labels"),
+    }
+    checksum = keras.ops.sum(keras.ops.cast(inputs["images"], "float32"), axis=(1, 2, 3))
+    model = keras.Model(inputs, checksum)
+    expected = np.concatenate([x["images"].astype(np.float64).sum(axis=(1, 2, 3)) for x, _ in epoch0])
+    np.testing.assert_allclose(model.predict(loader, verbose=0), expected)
+    assert loader.epoch == 1
+    after = np.concatenate([x["images"].astype(np.float64).sum(axis=(1, 2, 3)) for x, _ in (loader[i] for i in range(3))])
+    np.testing.assert_allclose(model.predict(loader, verbose=0), after)
+    assert not np.allclose(after, expected)
+
+
+@pytest.mark.multi_backend
+def test_unreadable_file_in_a_batch_is_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
+    loader = FaceDataset(ImageIndex(tmp_path, ["a/broken.jpg"], [0], ["a"]), 1, training=False)
+    with pytest.raises(UserInputError, match="broken.jpg"):
+        loader[0]
