@@ -1,5 +1,5 @@
-"""Alignment / uniformity (Wang & Isola 2020) against NumPy formulas written here, the
-digits split and pairs, and the feature plot."""
+"""Alignment / uniformity (Wang & Isola 2020) against NumPy formulas written here, and the
+feature plot."""
 
 import itertools
 import math
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from keras_sphereface import hypersphere
-from keras_sphereface.digits import open_set_split, sample_pairs
 from keras_sphereface.errors import UserInputError
 
 
@@ -87,25 +86,6 @@ def test_class_centre_directions_are_unit_columns():
     kernel = np.array([[3.0, 0.0, 1.0], [4.0, -2.0, 1.0]])
     centres = hypersphere.class_centre_directions(kernel)
     np.testing.assert_allclose(centres, [[0.6, 0.8], [0.0, -1.0], [2**-0.5, 2**-0.5]])
-
-
-def test_open_set_split_and_pairs():
-    labels = np.repeat(np.arange(5), 20)
-    split = open_set_split(labels, train_classes=[0, 1, 2], test_fraction=0.25, seed=3)
-    assert set(labels[split["train"]]) == {0, 1, 2}
-    assert set(labels[split["unseen"]]) == {3, 4}
-    assert len(split["train"]) == 45 and len(split["seen_test"]) == 15
-    everything = np.concatenate([split["train"], split["seen_test"], split["unseen"]])
-    assert sorted(everything.tolist()) == list(range(100))
-
-    subset = labels[split["unseen"]]
-    first, second, is_same, folds = sample_pairs(subset, pairs_per_fold=5, num_folds=4, seed=0)
-    assert len(first) == 40 and np.bincount(folds).tolist() == [10] * 4
-    np.testing.assert_array_equal(subset[first] == subset[second], is_same)
-    assert is_same.sum() == 20 and np.all(first != second)
-    assert len({(min(a, b), max(a, b)) for a, b in zip(first, second)}) == 40
-    with pytest.raises(UserInputError, match="at least 2 training classes"):
-        open_set_split(labels, train_classes=[7, 8])
 
 
 @pytest.mark.parametrize("dim", [2, 3])
