@@ -2,9 +2,9 @@
 
 For the JAX and PyTorch backends on machines without TensorFlow. Same output and the same
 per-epoch order and flips as `make_dataset` (both follow `index.epoch_order(seed, epoch)`):
-`({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`. Decoding is
-`cv2.imread(IMREAD_COLOR)` (grayscale, RGBA and 16-bit PNG become 8-bit BGR, turned to RGB);
-alignment is `alignment.warp.align_face` (`cv2.warpAffine` onto the template).
+`({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`. Decoding is the alignment
+step's `read_image` (OpenCV; grayscale, RGBA and 16-bit become 8-bit RGB; EXIF orientation
+ignored, as TensorFlow and the landmarks do); alignment is `align_face` (`cv2.warpAffine`).
 
 Keras asks for batches by number and re-forks its worker pool each epoch after
 `on_epoch_end`, so workers always see the current epoch. Pass `shuffle=False` to `fit`: the
@@ -14,33 +14,29 @@ order is already shuffled here, and Keras' own batch shuffling is unseeded.
 import concurrent.futures
 import os
 
-import cv2
 import keras
 import numpy as np
 
+from keras_sphereface.alignment.detect import UnreadableImage, read_image
 from keras_sphereface.alignment.warp import align_face
 from keras_sphereface.data import index as index_lib
 from keras_sphereface.errors import UserInputError
-
-
-def read_rgb(path):
-    """8-bit RGB [H, W, 3] of a JPEG/PNG file, or None if OpenCV cannot decode it."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def decode_problems(paths, image_size=None):
     """{position: reason} for the files OpenCV cannot decode (or of the wrong size), in threads."""
 
     def shape_of(path):
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        return None if image is None else image.shape[:2]
+        try:
+            return read_image(path)[0].shape[:2]
+        except UnreadableImage as error:
+            return str(error)
 
     problems = {}
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         for position, shape in enumerate(pool.map(shape_of, paths, chunksize=64)):
-            if shape is None:
-                problems[position] = "cannot be decoded by OpenCV"
+            if isinstance(shape, str):
+                problems[position] = f"cannot be decoded ({shape})"
             elif image_size is not None and tuple(shape) != tuple(image_size):
                 problems[position] = (
                     f"is {shape[0]}x{shape[1]}, not an aligned {image_size[0]}x{image_size[1]} crop "
@@ -106,12 +102,13 @@ class FaceDataset(keras.utils.PyDataset):
         return self._order[1:]
 
     def _load(self, position):
-        image = read_rgb(self._paths[position])
-        if image is None:
+        try:
+            image, _ = read_image(self._paths[position])
+        except UnreadableImage as error:
             raise UserInputError(
                 f"Expected a readable JPEG/PNG (run validate_images before training). "
-                f"Received: {self._paths[position]!r}"
-            )
+                f"Received: {self._paths[position]!r}: {error}"
+            ) from None
         if self.points is not None:
             return align_face(image, self.points[position], self.image_size)
         if image.shape[:2] != self.image_size:
