@@ -247,6 +247,7 @@ def test_curricularface_t_is_an_ema_of_the_true_cosines():
 def test_gradients_are_finite_at_edge_angles_and_norms(mode):
     rng = np.random.default_rng(2)
     w = rng.standard_normal((8, 5)).astype(np.float32)
+    w[:, 0], w[:, 1] = 1.5 * np.eye(8)[0], 0.7 * np.eye(8)[1]  # cos θ exactly ±1 below
     y = np.array([0, 1, 2, 3, 4, 0], dtype=np.int32)
     x = np.stack(
         [
@@ -462,3 +463,52 @@ def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
     model.fit([x, y], y, batch_size=batch, epochs=1, verbose=0)
     changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(head.kernel.value) != before, axis=0))
     assert set(y) <= set(changed) and len(changed) == batch
+
+
+@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface"])
+def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
+    """The layer's hand-fused kernel gradient against the backend's autodiff of W / ‖W‖."""
+    x, w, b, y = problem(seed=6)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+    theta = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
+    inside = (theta > 0.05) & (theta < np.pi - 0.6)  # away from the clip and the θ_b rule
+    x, y = x[inside], y[inside]
+    layer = built_layer(mode, w)
+    _, grad_x, grad_w = loss_and_gradients(layer, x, y)
+    ops = keras.ops
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    margin, scale = DEFAULTS[mode]
+
+    def plain_loss(x, w):
+        unit_w = w / ops.sqrt(ops.sum(w * w, axis=0, keepdims=True))
+        x_norm = ops.sqrt(ops.sum(x * x, axis=1, keepdims=True))
+        cos = ops.matmul(x / x_norm, unit_w)
+        one_hot = ops.one_hot(y, NUM_CLASSES)
+        cos_y = ops.sum(cos * one_hot, axis=1, keepdims=True)
+        if mode == "normface":
+            target = cos_y
+        elif mode == "arcface":
+            target = ops.cos(ops.arccos(ops.clip(cos_y, -1 + 1e-7, 1 - 1e-7)) + margin)
+        else:  # λ = 1000 at iteration 0: (ψ + λ cos) / (1 + λ), ψ by Chebyshev for m = 4
+            theta = ops.arccos(ops.clip(cos_y, -1 + 1e-7, 1 - 1e-7))
+            k = ops.floor(4 * theta / np.pi)
+            psi = (1 - 2 * (k % 2)) * (8 * cos_y**4 - 8 * cos_y**2 + 1) - 2 * k
+            target = (psi + 1000.0 * cos_y) / 1001.0
+        radius = x_norm if scale is None else scale
+        logits = radius * (cos + one_hot * (target - cos_y))
+        return loss_fn(y, logits)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        xt, wt = tf.constant(x), tf.constant(w)
+        with tf.GradientTape() as tape:
+            tape.watch([xt, wt])
+            loss = plain_loss(xt, wt)
+        want_x, want_w = tape.gradient(loss, [xt, wt])
+    else:
+        import jax
+
+        want_x, want_w = jax.grad(plain_loss, argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(grad_x, ops.convert_to_numpy(want_x), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grad_w, ops.convert_to_numpy(want_w), rtol=1e-3, atol=1e-5)
