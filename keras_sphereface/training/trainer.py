@@ -29,6 +29,7 @@ from keras_sphereface.alignment.warp import parse_size, template_for
 from keras_sphereface.atomic import atomic_path
 from keras_sphereface.backbones import get_backbone
 from keras_sphereface.errors import UserInputError
+from keras_sphereface.margins import MarginSoftmax
 from keras_sphereface.models import CHECKPOINT_NAME, build_training_model
 from keras_sphereface.training.callbacks import EpochCheckpoint, MarginLogger
 from keras_sphereface.training.optimization import CoupledWeightDecaySGD, paper_step_schedule
@@ -162,6 +163,16 @@ def train(
         )
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserInputError(f"Expected --output to be a folder. Received: {output!r}, a file.")
+    # the model's arguments are checked before the (long) check of every image
+    keras.utils.set_random_seed(seed)
+    net = get_backbone(
+        backbone,
+        input_shape=(*image_size, 3),
+        embedding_dim=embedding_dim,
+        width_multiplier=width_multiplier,
+        dtype=MIXED_PRECISION_POLICIES[mixed_precision],
+    )
+    MarginSoftmax(2, mode=mode, margin=margin, scale=scale)
     index, skipped = _load_index(data, skip_bad, image_size, landmarks, verbose)
     if len(index) < batch_size:
         raise UserInputError(
@@ -196,14 +207,6 @@ def train(
         "keras_backend": keras.backend.backend(),
     }
 
-    keras.utils.set_random_seed(seed)
-    net = get_backbone(
-        backbone,
-        input_shape=(*image_size, 3),
-        embedding_dim=embedding_dim,
-        width_multiplier=width_multiplier,
-        dtype=MIXED_PRECISION_POLICIES[mixed_precision],
-    )
     model = build_training_model(net, index.num_classes, mode=mode, margin=margin, scale=scale)
     optimizer = CoupledWeightDecaySGD(
         paper_step_schedule(epochs * steps, learning_rate),

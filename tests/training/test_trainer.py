@@ -182,3 +182,11 @@ def test_refuses_a_used_output_and_a_non_run_resume(identity_folder, tmp_path):
 def test_batch_larger_than_the_data(identity_folder, tmp_path):
     with pytest.raises(UserInputError, match="batch_size"):
         train(identity_folder, tmp_path / "run", verbose=0, **{**TINY, "batch_size": 64})
+
+
+@pytest.mark.parametrize(
+    "option, message", [({"backbone": "sphere21"}, "sphere20"), ({"mode": "nope"}, "nope")]
+)
+def test_bad_model_options_fail_before_reading_the_data(tmp_path, option, message):
+    with pytest.raises(UserInputError, match=message):
+        train(tmp_path / "not_read", tmp_path / "run", verbose=0, **{**TINY, **option})
