@@ -173,7 +173,7 @@ def _progress_bar(total, progress):
         return None
     import keras
 
-    return keras.utils.Progbar(total, verbose=1 if sys.stderr.isatty() else 2, unit_name="image")
+    return keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2, unit_name="image")
 
 
 def extract_embeddings(
