@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_test_utils import EMBEDDING_DIM, unit_rows
+from export_test_utils import EMBEDDING_DIM, build_tiny_backbone, unit_rows
 
 from keras_sphereface.export import LiteRTEmbedder, export_saved_model, load_saved_model_embedder
 
@@ -63,6 +63,11 @@ def test_saved_model_exported_on_jax_serves_in_tensorflow(trained_on_jax, parity
     assert np.max(np.abs(result["embeddings"].numpy() - reference)) <= 1e-5
     embedder = load_saved_model_embedder(out / "exported_on_jax")
     assert np.max(np.abs(embedder(parity_faces) - reference)) <= 1e-5
+    # both signatures share one copy of the variables
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in build_tiny_backbone().weights)
+    variables_dir = out / "exported_on_jax" / "1" / "variables"
+    stored = sum(f.stat().st_size for f in variables_dir.glob("variables.data*"))
+    assert weight_bytes <= stored < 1.1 * weight_bytes
 
 
 @pytest.mark.slow
