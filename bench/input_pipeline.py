@@ -38,7 +38,7 @@ def parse_args():
     parser.add_argument("--num-images", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--cores", type=int, default=1, help="pin to the first N CPUs; figures are per core")
-    parser.add_argument("--epochs", type=int, default=3, help="passes timed per loader (after one warm-up)")
+    parser.add_argument("--epochs", type=int, default=8, help="passes timed per loader (after one warm-up)")
     parser.add_argument("--smoke", action="store_true", help="64 images, batch 16, 1 timed pass")
     args = parser.parse_args()
     if args.smoke:
