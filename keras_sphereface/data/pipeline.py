@@ -3,7 +3,7 @@
 Per image, in parallel: read, decode (JPEG with libjpeg-turbo's accurate integer DCT; PNG, gray,
 RGBA and 16-bit PNG all come out as 8-bit RGB), and either check the size of an already-aligned
 crop or align on the fly. Alignment uses the similarity transform of the 5 landmarks onto the
-SphereFace template, computed once per image in NumPy (`index.warp_matrices`); a JPEG is decoded
+SphereFace template, computed once per image in NumPy (`index.alignment_matrices`); a JPEG is decoded
 only inside the window the warp reads (`decode_and_crop_jpeg`), then warped with TF's bilinear
 projective transform (edge pixels replicated, as `cv2.BORDER_REPLICATE`), then flipped when the
 epoch's coin says so. The order and flips of every epoch come from `index.epoch_order(seed, epoch)`.
@@ -193,7 +193,9 @@ def make_dataset(
             image = _decode_rgb(read(position))
             return tf.ensure_shape(image, image_size + (3,))
     else:
-        inverse = index_lib.warp_matrices(index_lib.resolve_landmarks(index, landmarks), image_size)
+        forward = index_lib.alignment_matrices(index_lib.resolve_landmarks(index, landmarks), image_size)
+        # The warp op maps each crop pixel back to the source: the inverse transform.
+        inverse = np.linalg.inv(np.concatenate([forward, np.tile([[[0.0, 0.0, 1.0]]], (len(forward), 1, 1))], 1))[:, :2]
         inverse_table = tf.constant(inverse, tf.float32)
         bounds_table = tf.constant(_crop_bounds(inverse, image_size), tf.int32)
 

@@ -1,24 +1,29 @@
-"""A TensorFlow-free loader: `keras.utils.PyDataset` with OpenCV decode and worker processes.
+"""A TensorFlow-free loader: `keras.utils.PyDataset` with OpenCV decode in parallel workers.
 
 For the JAX and PyTorch backends on machines without TensorFlow. Same output and the same
 per-epoch order and flips as `make_dataset` (both follow `index.epoch_order(seed, epoch)`):
 `({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`. Decoding is the alignment
 step's `read_image` (OpenCV; grayscale, RGBA and 16-bit become 8-bit RGB; EXIF orientation
-ignored, as TensorFlow and the landmarks do); alignment is `align_face` (`cv2.warpAffine`).
+ignored, as TensorFlow and the landmarks do); alignment is `cv2.warpAffine` with the
+similarity transforms computed once up front, as `align_face` does per call.
 
-Keras asks for batches by number and re-forks its worker pool each epoch after
-`on_epoch_end`, so workers always see the current epoch. Pass `shuffle=False` to `fit`: the
+Workers are threads by default: OpenCV releases the GIL while decoding and warping, and
+threads avoid pickling every batch back from a worker process (measured ~2x cheaper per image
+on this machine, bench/input_pipeline.py) and forking a multithreaded JAX process.
+
+Keras asks for batches by number and starts its worker pool anew each epoch after
+`on_epoch_end`, so workers (processes too) always see the current epoch. Pass `shuffle=False` to `fit`: the
 order is already shuffled here, and Keras' own batch shuffling is unseeded.
 """
 
 import concurrent.futures
 import os
 
+import cv2
 import keras
 import numpy as np
 
 from keras_sphereface.alignment.detect import UnreadableImage, read_image
-from keras_sphereface.alignment.warp import align_face
 from keras_sphereface.data import index as index_lib
 from keras_sphereface.errors import UserInputError
 
@@ -52,7 +57,9 @@ class FaceDataset(keras.utils.PyDataset):
         index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip: as in
             `make_dataset`, except that an epoch is finite here: `len(self)` batches (full
             batches only when training); `on_epoch_end` moves to the next epoch's order.
-        workers, use_multiprocessing, max_queue_size: as in `keras.utils.PyDataset`.
+        workers: parallel loaders (default: one per CPU core).
+        use_multiprocessing: processes instead of threads; max_queue_size: as in
+            `keras.utils.PyDataset`.
     """
 
     def __init__(
@@ -65,10 +72,11 @@ class FaceDataset(keras.utils.PyDataset):
         seed=0,
         initial_epoch=0,
         flip=None,
-        workers=1,
+        workers=None,
         use_multiprocessing=False,
         max_queue_size=10,
     ):
+        workers = os.cpu_count() if workers is None else workers
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if batch_size < 1 or (training and len(index) < batch_size):
             raise UserInputError(
@@ -77,7 +85,10 @@ class FaceDataset(keras.utils.PyDataset):
         self.index = index
         self.batch_size = int(batch_size)
         self.image_size = tuple(int(v) for v in image_size)
-        self.points = None if landmarks is None else index_lib.resolve_landmarks(index, landmarks)
+        self.matrices = None
+        if landmarks is not None:
+            points = index_lib.resolve_landmarks(index, landmarks)
+            self.matrices = index_lib.alignment_matrices(points, self.image_size)
         self.training = training
         self.flip = training if flip is None else flip
         self.seed = seed
@@ -109,8 +120,11 @@ class FaceDataset(keras.utils.PyDataset):
                 f"Expected a readable JPEG/PNG (run validate_images before training). "
                 f"Received: {self._paths[position]!r}: {error}"
             ) from None
-        if self.points is not None:
-            return align_face(image, self.points[position], self.image_size)
+        if self.matrices is not None:
+            height, width = self.image_size
+            return cv2.warpAffine(
+                image, self.matrices[position], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
         if image.shape[:2] != self.image_size:
             raise UserInputError(
                 f"Expected an aligned {self.image_size[0]}x{self.image_size[1]} crop. "

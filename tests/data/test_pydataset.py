@@ -56,10 +56,11 @@ def test_alignment_close_to_tf_data(tmp_path):
 
 
 @pytest.mark.multi_backend
-def test_epochs_flips_and_worker_processes(crop_tree):
+@pytest.mark.parametrize("processes", [True, False])
+def test_epochs_flips_and_parallel_workers(crop_tree, processes):
     root, images = crop_tree
     index = scan_identity_folder(root)
-    loader = FaceDataset(index, batch_size=4, seed=5, workers=2, use_multiprocessing=True)
+    loader = FaceDataset(index, batch_size=4, seed=5, workers=2, use_multiprocessing=processes)
     assert len(loader) == 3
     epoch0 = [loader[i] for i in range(3)]
     by_pixels = {images[p].tobytes(): (label, False) for p, label in zip(index.paths, index.labels)}
@@ -68,7 +69,7 @@ def test_epochs_flips_and_worker_processes(crop_tree):
     assert [label for label, _ in seen] == np.concatenate([y for _, y in epoch0]).tolist()
     assert 0 < sum(flipped for _, flipped in seen) < 12
 
-    # Through Keras' worker processes (what fit/predict use): same batches, then the next epoch.
+    # Through Keras' workers (what fit/predict use): same batches, then the next epoch's.
     inputs = {
         "images": keras.Input((112, 96, 3), dtype="uint8", name="images"),
         "labels": keras.Input((), dtype="int32", name="labels"),
