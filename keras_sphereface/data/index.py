@@ -26,7 +26,7 @@ _MAX_LISTED = 20  # unreadable files named in an error message; the count is alw
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ImageIndex:
     """Images of a data set: `paths` relative to `root`, `labels` (int32), `class_names`."""
 
