@@ -10,7 +10,7 @@ import click
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--size", default="112x96", show_default=True,
               help="Crop HEIGHTxWIDTH: 112x96 (SphereFace) or 112x112 (ArcFace).")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes (default: all cores); each runs MTCNN on one thread.")
 @click.option("--landmarks-out", type=click.Path(dir_okay=False), default=None,
               help="Landmarks file to write (default DST/landmarks.txt; .gz compresses).")

@@ -14,7 +14,27 @@ import os
 from keras_sphereface.alignment.detect import FaceDetector, fallback_landmarks, read_image
 from keras_sphereface.alignment.folder import align_folder, align_image
 from keras_sphereface.alignment.landmarks import read_landmarks_file, write_landmarks_file
-from keras_sphereface.alignment.warp import align_face, parse_size, similarity_transform, template_for
+from keras_sphereface.alignment.warp import (
+    align_face,
+    parse_size,
+    similarity_transform,
+    template_for,
+)
+
+__all__ = [
+    "FaceDetector",
+    "align_face",
+    "align_folder",
+    "align_image",
+    "fallback_landmarks",
+    "lfw_landmarks_path",
+    "parse_size",
+    "read_image",
+    "read_landmarks_file",
+    "similarity_transform",
+    "template_for",
+    "write_landmarks_file",
+]
 
 LFW_LANDMARKS_NAME = "lfw_deepfunneled_landmarks.txt.gz"
 
@@ -25,4 +45,5 @@ def lfw_landmarks_path():
     Keys are `Person_Name/Person_Name_0001.jpg` relative to `lfw-deepfunneled/`; read it with
     `read_landmarks_file`. How it was produced: its header and resources/README.md.
     """
-    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", LFW_LANDMARKS_NAME)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "resources", LFW_LANDMARKS_NAME)

@@ -60,12 +60,16 @@ class AlignmentRecord:
     def __init__(self, path, status, reason="", box=None, landmarks=None, confidence=None):
         self.path, self.status, self.reason = path, status, reason
         self.box = None if box is None else np.asarray(box, np.float32).reshape(4)
-        self.landmarks = None if landmarks is None else np.asarray(landmarks, np.float32).reshape(5, 2)
+        if landmarks is not None:
+            landmarks = np.asarray(landmarks, np.float32).reshape(5, 2)
+        self.landmarks = landmarks
         self.confidence = confidence
 
     def to_row(self):
         box = [""] * 4 if self.box is None else [f"{v:.2f}" for v in self.box]
-        points = [""] * 10 if self.landmarks is None else [f"{v:.2f}" for v in self.landmarks.ravel()]
+        points = [""] * 10
+        if self.landmarks is not None:
+            points = [f"{v:.2f}" for v in self.landmarks.ravel()]
         confidence = "" if self.confidence is None else f"{self.confidence:.4f}"
         return [self.path, *box, *points, confidence, self.status, self.reason]
 
@@ -111,6 +115,8 @@ def align_images(paths, relpaths, size=(112, 96), detector=None, landmarks_table
     from `detector` (a `FaceDetector`: the face nearest the centre); failing both, from
     `detect.fallback_landmarks` (status `fallback`). Unreadable files get no crop.
     """
+    if detector is None and landmarks_table is None:
+        raise ValueError("align_images needs a `detector` or a `landmarks_table`")
     results, readable = [None] * len(paths), []
     for index, (path, relpath) in enumerate(zip(paths, relpaths)):
         try:
@@ -183,11 +189,13 @@ def write_image(path, image_rgb):
 
 
 class _Worker:
-    """Aligns one relative path and writes its crop; one per process."""
+    """Aligns a chunk of relative paths and writes their crops; one per process."""
 
     def __init__(self, src, dst, size, landmarks_table, threads):
         self.src, self.dst, self.size, self.landmarks_table = src, dst, size, landmarks_table
-        self.detector = None if landmarks_table is not None else detect.FaceDetector(threads=threads)
+        self.detector = None
+        if landmarks_table is None:
+            self.detector = detect.FaceDetector(threads=threads)
 
     def __call__(self, relpaths):
         results = align_images(

@@ -118,7 +118,7 @@ def test_warp_puts_exact_landmarks_on_the_template_within_a_pixel(size):
 
 
 def test_similarity_transform_is_the_least_squares_optimum():
-    """Against an independent linear least-squares fit of x' = a x - b y + tx, y' = b x + a y + ty."""
+    """Against an independent least-squares fit of x' = a x - b y + tx, y' = b x + a y + ty."""
     rng = np.random.default_rng(3)
     points = _similarity_image_of_template((112, 96), 0.3, 1.7, np.array([20.0, 35.0]))
     points += rng.normal(scale=2.0, size=points.shape)
