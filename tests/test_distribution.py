@@ -23,6 +23,7 @@ from keras_sphereface.errors import UserInputError
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FEATURE_DIM, NUM_CLASSES, BATCH, INPUT_DIM = 16, 64, 16, 8
 SCALE, MARGIN = 30.0, 0.35
+EIGHT_CPU_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 # ---------------------------------------------------------------- in-process checks
@@ -45,11 +46,11 @@ def test_num_classes_must_split_evenly_over_devices():
         margin_softmax_distribution(8, devices=[])
 
 
-def _run_worker(backend, extra_env):
+def _run_worker(worker, backend, extra_env):
     env = dict(os.environ, KERAS_BACKEND=backend, **extra_env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, __file__, backend],
+        [sys.executable, __file__, worker],
         env=env,
         capture_output=True,
         text=True,
@@ -62,13 +63,20 @@ def _run_worker(backend, extra_env):
 @pytest.mark.slow
 def test_jax_sharded_kernel_matches_single_device():
     pytest.importorskip("jax")
-    out = _run_worker("jax", {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    out = _run_worker("jax", "jax", EIGHT_CPU_DEVICES)
     assert "jax sharded == single device: sample_rate=1.0, 0.5" in out
 
 
 @pytest.mark.slow
+def test_jax_sharded_head_needs_a_fraction_of_the_memory():
+    pytest.importorskip("jax")
+    out = _run_worker("jax-memory", "jax", EIGHT_CPU_DEVICES)
+    assert "per-device memory of the sharded head <= 1/4 of one device's" in out
+
+
+@pytest.mark.slow
 def test_tf_mirrored_strategy_matches_single_device():
-    out = _run_worker("tensorflow", {})
+    out = _run_worker("tensorflow", "tensorflow", {})
     assert "tensorflow mirrored == single device" in out
 
 
@@ -216,6 +224,66 @@ def _jax_worker():
     print("jax sharded == single device: sample_rate=1.0, 0.5")
 
 
+def _compiled_head_bytes(mode, sample_rate, distribution=None):
+    """Bytes per device (arguments + temporaries) that XLA plans for the loss and gradients
+    of a MarginSoftmax with 16,384 classes, batch 64, 32-d features."""
+    import contextlib
+
+    import jax
+    import keras
+
+    from keras_sphereface.margins import MarginSoftmax
+
+    num_classes, batch, dim = 16384, 64, 32
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(batch, dim)).astype("float32")
+    labels = rng.integers(0, num_classes, size=batch).astype("int32")
+    kernel_sharding = None
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        head = MarginSoftmax(
+            num_classes, mode=mode, sample_rate=sample_rate, seed=1, name="margin_softmax"
+        )
+        head.build([(None, dim), (None,)])
+        if distribution:
+            features, labels = (
+                jax.device_put(x, distribution.get_data_layout(x.shape).backend_layout)
+                for x in (features, labels)
+            )
+            kernel_sharding = head.kernel.value.sharding
+        state = [v.value for v in head.non_trainable_variables]
+
+        def loss(kernel, features, labels):
+            logits, _ = head.stateless_call([kernel], state, [features, labels], training=True)
+            return keras.ops.mean(
+                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            )
+
+        # the kernel gradient keeps the kernel's layout, as in the optimizer update of `fit`
+        step = jax.jit(
+            jax.value_and_grad(loss, argnums=(0, 1)),
+            out_shardings=(None, (kernel_sharding, None)) if distribution else None,
+        )
+        analysis = step.lower(head.kernel.value, features, labels).compile().memory_analysis()
+    return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
+
+
+def _jax_memory_worker():
+    """On 8 devices the sharded head must need far less than one device's memory (ideal 1/8):
+    a layer op that gathers the whole (batch, classes) logits onto every device fails this."""
+    import keras
+
+    devices = keras.distribution.list_devices()
+    for mode, sample_rate in (("cosface", 1.0), ("sphereface", 1.0), ("cosface", 0.1)):
+        single = _compiled_head_bytes(mode, sample_rate)
+        sharded = _compiled_head_bytes(
+            mode, sample_rate, margin_softmax_distribution(16384, devices=devices)
+        )
+        print(f"{mode} r={sample_rate}: {sharded / 2**20:.1f} MiB per device sharded, "
+              f"{single / 2**20:.1f} MiB on one device")
+        assert sharded <= single / 4, (mode, sample_rate, sharded, single)
+    print("per-device memory of the sharded head <= 1/4 of one device's")
+
+
 def _compiled_for_training(model):
     import keras
 
@@ -303,4 +371,4 @@ def _tf_worker():
 
 
 if __name__ == "__main__":
-    {"jax": _jax_worker, "tensorflow": _tf_worker}[sys.argv[1]]()
+    {"jax": _jax_worker, "jax-memory": _jax_memory_worker, "tensorflow": _tf_worker}[sys.argv[1]]()
