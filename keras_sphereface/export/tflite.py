@@ -36,6 +36,23 @@ from keras_sphereface.export.saved_model import (
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 
 
+def float32_copy(model):
+    """`model` computing in float32, same weights: a mixed-precision (bfloat16 / float16)
+    backbone is cloned layer by layer with a float32 dtype policy, since the TFLite converter
+    has no bfloat16 kernels (float16 is `quantization="float16"`'s business)."""
+    import keras
+
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def export_tflite(
     model,
     path,
@@ -61,7 +78,7 @@ def export_tflite(
             f"Expected a path that does not exist yet (pass overwrite=True to replace it). "
             f"Received: {path}"
         )
-    model = as_backbone(model)
+    model = float32_copy(as_backbone(model))
     if quantization == "int8":
         if representative_images is None:
             raise UserInputError(

@@ -87,3 +87,19 @@ def test_bad_inputs_are_user_errors(backbone, tflite_files, tmp_path):
         LiteRTEmbedder(not_a_model)
     with pytest.raises(UserInputError, match="pixel values"):
         LiteRTEmbedder(tflite_files["none"])(np.full((1, 112, 96, 3), 300.0))
+
+
+def test_mixed_precision_backbone_converts_in_float32(tmp_path, parity_faces):
+    import keras
+
+    from keras_sphereface.backbones import get_backbone
+
+    keras.utils.set_random_seed(0)
+    model = get_backbone(
+        "sphere4", width_multiplier=0.125, embedding_dim=EMBEDDING_DIM, dtype="mixed_bfloat16"
+    )
+    path = export_tflite(model, tmp_path / "bf16.tflite")
+    assert model.layers[-2].dtype_policy.compute_dtype == "bfloat16"  # the model is untouched
+    reference = model.predict(parity_faces.astype(np.float32), verbose=0)
+    # bfloat16 keeps 8 significant bits: the float32 TFLite model is at least that close
+    assert cosines(reference, LiteRTEmbedder(path)(parity_faces)).min() >= 0.9995
