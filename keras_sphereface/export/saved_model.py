@@ -12,8 +12,9 @@ ignores the temporary name because it is not a number). Signatures:
 
 Both signatures share one copy of the variables. The graph is traced with
 `keras.export.ExportArchive`, so a model on the TensorFlow backend exports as plain TF ops
-and one on the JAX backend through jax2tf (an `XlaCallModule` op, which TF Serving and the
-TFLite converter both read).
+and one on the JAX backend through jax2tf (one `XlaCallModule` op holding StableHLO; the tests
+run it with the TensorFlow runtime and convert it to TFLite). For the most portable artefact,
+export a JAX-trained `.keras` file on the TensorFlow backend: the weights are the same.
 """
 
 import os
