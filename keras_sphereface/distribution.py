@@ -11,7 +11,8 @@ al., "Partial FC: Training 10 Million Identities on a Single Machine", ICCVW 202
   [i·C/N, (i+1)·C/N) and C grows with N. The optimizer's momentum of W inherits the layout.
 
 XLA (GSPMD) then all-gathers the B × D features (small), computes the B × C/N logits and the
-softmax reductions locally, and sums the feature gradients back; W is never gathered. A
+softmax reductions locally, and sums the feature gradients back; W is never gathered
+(tests/test_distribution.py checks the per-device memory XLA plans for the head). A
 ("batch", "model") mesh with W on "model" only (Keras' tensor-parallel pattern) would run the
 replicated backbone once per "model" device on the same images, so it is not offered.
 
