@@ -186,7 +186,7 @@ def extract_embeddings(
     batch_size=64,
     cache_path=None,
     cache_settings=None,
-    save_every=60.0,
+    save_every=30.0,
     progress=True,
 ):
     """Embed every image of `relpaths` (relative to `images_dir`) → (dict path → vector, info).
