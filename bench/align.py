@@ -1,15 +1,17 @@
 """Detection + alignment throughput (images/s) on LFW, against one-by-one MTCNN in the same run.
 
-Three measurements over the same first --num-images LFW deep-funneled images:
+Four measurements over the same first --num-images LFW deep-funneled images:
 
 (a) baseline: read, MTCNN on one image at a time (the `mtcnn` package's usual call), pick
     the central face, warp to 112x96; one process, one TensorFlow thread;
 (b) the same with `FaceDetector`'s same-shape batching (16 images per MTCNN call);
-(c) the `align` command's engine, `align_folder` with --workers processes (default all
-    cores), end to end: process start-up, reading, detection, warping, atomic JPEG writes
-    and the CSV, on a temporary tree of links to the images.
+(c) the `align` command's engine, `align_folder`, in this process (1 worker), end to end:
+    reading, detection, warping, atomic JPEG writes and the CSV, on a temporary tree of
+    links to the images (MTCNN loads again: a new detector);
+(d) the same with --workers processes (default all cores), spawn and TensorFlow import of
+    each worker included.
 
-(a) and (b) also report CPU seconds per image (stable when other jobs share the machine).
+(a) and (b) also report CPU milliseconds per image (stable when other jobs share the machine).
 
     python bench/align.py                 # 500 images
     python bench/align.py --smoke         # 16 images, seconds
@@ -30,7 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lfw-dir", default=os.environ.get("LFW_DIR", str(REPO.parent / "shared/data/lfw")))
+    default_lfw = os.environ.get("LFW_DIR", str(REPO.parent / "shared/data/lfw"))
+    parser.add_argument("--lfw-dir", default=default_lfw)
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--smoke", action="store_true", help="16 images")
@@ -61,7 +64,27 @@ def time_in_process(paths, batch_size):
     return time.perf_counter() - wall, time.process_time() - cpu, found
 
 
+class _Clock:
+    """A progress hook for align_folder that notes when the first chunk of crops is done."""
+
+    first = None
+
+    def __init__(self, total):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, count):
+        if _Clock.first is None:
+            _Clock.first = (time.perf_counter(), count)
+
+
 def time_align_folder(root, paths, workers):
+    """(wall s, start-up s until the first chunk is written, img/s after it, summary)."""
     from keras_sphereface.alignment import align_folder
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,9 +93,13 @@ def time_align_folder(root, paths, workers):
             link = os.path.join(src, os.path.relpath(path, root))
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(path, link)
-        wall = time.perf_counter()
-        summary = align_folder(src, os.path.join(tmp, "dst"), workers=workers)
-        return time.perf_counter() - wall, summary
+        _Clock.first = None
+        start = time.perf_counter()
+        summary = align_folder(src, os.path.join(tmp, "dst"), workers=workers, progress=_Clock)
+        end = time.perf_counter()
+        first, count = _Clock.first
+        steady = (len(paths) - count) / (end - first) if end > first else float("nan")
+        return end - start, first - start, steady, summary
 
 
 def main():
@@ -91,11 +118,12 @@ def main():
     print(f"(b) batches of 16, 1 process:            {n / wall:7.1f} img/s, "
           f"{1000 * cpu / n:6.1f} CPU ms/img, faces {found}/{n}   "
           f"x{base_wall / wall:.2f} wall, x{base_cpu / cpu:.2f} CPU vs (a)")
-    wall, summary = time_align_folder(root, paths, args.workers)
-    print(f"(c) align_folder, {args.workers} workers, end to end: {n / wall:7.1f} img/s "
-          f"(ok {summary['ok']}, fallback {summary['fallback']}, unreadable "
-          f"{summary['unreadable']})   x{base_wall / wall:.2f} wall vs (a)")
-
+    for label, workers in (("(c)", 1), ("(d)", args.workers)):
+        wall, startup, steady, summary = time_align_folder(root, paths, workers)
+        print(f"{label} align_folder, {workers} worker(s), end to end: {n / wall:7.1f} img/s "
+              f"(x{base_wall / wall:.2f} wall vs (a); first chunk after {startup:.1f} s, "
+              f"then {steady:.1f} img/s; ok {summary['ok']}, fallback {summary['fallback']}, "
+              f"unreadable {summary['unreadable']})")
 
 if __name__ == "__main__":
     main()
