@@ -276,18 +276,22 @@ class MarginSoftmax(keras.layers.Layer):
 
     # ------------------------------------------------------------------ λ schedule
     def lambda_at(self, iteration):
-        """λ(iteration) = max(λ_min, base·(1 + γ·iteration)^(−power)); 0 without annealing."""
-        if self.mode not in _ANNEALED_MODES:
-            return 0.0 * ops.cast(iteration, "float32")
+        """λ(iteration) = max(λ_min, base·(1 + γ·iteration)^(−power)) (sphereface, lsoftmax)."""
         iteration = ops.cast(iteration, "float32")
         decayed = self.lambda_base * ops.power(1.0 + self.lambda_gamma * iteration, -self.lambda_power)
         return ops.maximum(decayed, self.lambda_min)
 
     def current_lambda(self):
-        """The λ the next training call uses, as a Python float (0.0 for modes without λ)."""
-        if self.mode not in _ANNEALED_MODES or not self.built:
-            return 0.0 if self.mode not in _ANNEALED_MODES else float(self.lambda_at(0))
-        return float(ops.convert_to_numpy(self.lambda_at(self.iterations)))
+        """The λ the next training call uses, as a Python float (0.0 for modes without λ).
+
+        For logging (e.g. a callback writing it to the training logs each epoch); the
+        iteration counter behind it is the non-trainable variable `iterations`, which
+        counts training calls in every mode and is saved with the model.
+        """
+        if self.mode not in _ANNEALED_MODES:
+            return 0.0
+        iteration = self.iterations if self.built else 0
+        return float(ops.convert_to_numpy(self.lambda_at(iteration)))
 
     # ------------------------------------------------------------------ margin hooks
     def margin_function(self, cos_theta, lambda_value=None):
