@@ -27,27 +27,23 @@ def find_margin_layer(model):
 
 class MarginLogger(keras.callbacks.Callback):
     """Adds `lambda` (A-Softmax λ, `MarginSoftmax.current_lambda()`) and `learning_rate` to
-    the batch and epoch logs, so the progress bar, `CSVLogger` and `TensorBoard` show them.
+    the epoch logs, so the progress bar's epoch line, `CSVLogger` and `TensorBoard` show them.
 
-    Both are read after the step, i.e. the values the next step will use. Put this callback
-    before the loggers in the list: callbacks see the logs in order.
+    Both are read after the epoch's last step, i.e. the values the next step will use. Put
+    this callback before the loggers in the list: callbacks see the logs in order. Epoch
+    level only: on JAX the layer variables are synced at epoch ends, not after each batch
+    (and a per-batch read would stall a GPU).
     """
 
     def on_train_begin(self, logs=None):
         self._margin = find_margin_layer(self.model)
 
-    def _add(self, logs):
+    def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         if self._margin is not None:
             logs["lambda"] = self._margin.current_lambda()
         logs["learning_rate"] = float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._add(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._add(logs)
 
 
 def _all_finite(logs, model):

@@ -48,6 +48,7 @@ def checkpoint_weights(run_dir):
     return model, [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
+@pytest.mark.multi_backend
 def test_run_directory_layout(straight_run, identity_folder):
     output, result = straight_run
     assert result.stopped is None and result.epochs_done == 2
@@ -62,6 +63,7 @@ def test_run_directory_layout(straight_run, identity_folder):
     assert any(name.startswith("events.") for _, _, files in os.walk(output / "tensorboard") for name in files)
 
 
+@pytest.mark.multi_backend
 def test_log_has_loss_accuracy_lr_and_lambda(straight_run):
     output, _ = straight_run
     rows = list(csv.DictReader(open(output / "log.csv")))
