@@ -22,7 +22,9 @@ directory, so an interrupted sweep continues where it stopped.
     python examples/lfw_identity_disjoint.py --smoke --output /tmp/lfw_smoke
 
 Writes OUTPUT/results.json (every fold's accuracy, timings, device, settings) and
-OUTPUT/results.md (the table).
+OUTPUT/results.md (the table). The sweep can be split into pieces (`--configs a-softmax
+--folds 0,1,2`, e.g. to fit a time limit per command): finished runs are skipped and their
+fold embeddings cached, so a last call with every fold only scores.
 """
 
 import argparse
