@@ -1,8 +1,8 @@
 """keras-sphereface command line: `python cli/main.py COMMAND --help`.
 
 A thin click group: each command parses its options, calls the library and prints. Bad
-input (a `UserInputError`, a missing file) is printed as one clear message with exit code 2,
-never as a traceback.
+input (a `UserInputError`, or an `OSError` on a path the user gave) is printed as one clear
+message with exit code 2, never as a traceback.
 """
 
 import os
@@ -22,7 +22,9 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (UserInputError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        except (UserInputError, OSError) as error:
+            # OSError: a path the user gave cannot be read or written (missing, a file where a
+            # folder is needed, no permission, disk full); its message names the path.
             click.echo(f"Error: {error}", err=True)
             ctx.exit(2)
 
