@@ -26,13 +26,18 @@ from keras_sphereface.alignment.detect import UnreadableImage, read_image
 from keras_sphereface.alignment.folder import align_image
 from keras_sphereface.atomic import atomic_path
 from keras_sphereface.errors import UserInputError
+from keras_sphereface.evaluation.protocol import l2_normalize
 
 FUSIONS = ("concat", "sum")
 SETTINGS_KEY = "__settings__"
 
 
 class KerasEmbedder:
-    """Wrap a Keras embedding model (uint8/float RGB in, embedding out) as an embedder."""
+    """Wrap a Keras embedding model (uint8/float RGB in) as an embedder.
+
+    Returns L2-normalized embeddings, like the exported SavedModel and TFLite signatures, so
+    that every format goes through the protocol (flip fusion, mean subtraction) identically.
+    """
 
     def __init__(self, model):
         self.model = model
@@ -40,7 +45,8 @@ class KerasEmbedder:
         self.input_size = (int(height), int(width))
 
     def __call__(self, images):
-        return np.asarray(self.model.predict_on_batch(np.asarray(images)), dtype=np.float32)
+        features = self.model.predict_on_batch(np.asarray(images))
+        return l2_normalize(np.asarray(features)).astype(np.float32)
 
 
 def _is_saved_model(path):

@@ -7,12 +7,7 @@ cos_i = <e_keras_i, e_export_i> / (|e_keras_i| |e_export_i|).
 
 import numpy as np
 
-
-def l2_normalize(embeddings, epsilon=1e-12):
-    """e / sqrt(max(|e|^2, epsilon)) row-wise, in float64 (the reference side of parity)."""
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    squared = np.sum(embeddings * embeddings, axis=-1, keepdims=True)
-    return embeddings / np.sqrt(np.maximum(squared, epsilon))
+from keras_sphereface.evaluation.protocol import l2_normalize
 
 
 def keras_embeddings(model, images, batch_size=32):
