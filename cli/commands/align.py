@@ -11,7 +11,8 @@ import click
 @click.option("--size", default="112x96", show_default=True,
               help="Crop HEIGHTxWIDTH: 112x96 (SphereFace) or 112x112 (ArcFace).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Processes (default: all cores); each runs MTCNN on one thread.")
+              help="Processes, each running MTCNN on one thread (default: all cores, "
+                   "at most one per 500 images).")
 @click.option("--landmarks-out", type=click.Path(dir_okay=False), default=None,
               help="Landmarks file to write (default DST/landmarks.txt; .gz compresses).")
 @click.option("--from-landmarks", type=click.Path(exists=True, dir_okay=False), default=None,

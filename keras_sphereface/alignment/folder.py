@@ -49,6 +49,7 @@ WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"
 JPEG_QUALITY = 95
 # Images per worker task: MTCNN runs same-shape images as one batch (see FaceDetector)
 CHUNK = 16
+IMAGES_PER_DEFAULT_WORKER = 500
 # What keras_sphereface.atomic.atomic_path names its temporary files: ".{base}.{random}.tmp{ext}"
 _ATOMIC_TEMPORARY = re.compile(r"^\..+\.[^.]+\.tmp(\.[^.]*)?$")
 
@@ -317,7 +318,8 @@ def align_folder(
         src: identity-folder tree (`NAME/image.jpg`, any depth).
         dst: output folder for the crops (must not lie inside `src`).
         size: crop (height, width), (112, 96) or (112, 112), or a string "112x96".
-        workers: processes (default: all cores); 1 runs in this process.
+        workers: processes; 1 runs in this process. Default: all cores, but no more than
+            one per 500 images (each worker takes 5-20 s to start TensorFlow and MTCNN).
         csv_path: the per-image report (default `dst/alignment.csv`).
         landmarks_out: the landmarks file written at the end (default `dst/landmarks.txt`;
             `.gz` compresses it).
@@ -364,7 +366,9 @@ def align_folder(
 
     records = list(done.values())
     chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(chunks) or 1))
+    if workers is None:  # a worker's start-up (spawn, TensorFlow, MTCNN) pays off after ~500 images
+        workers = min(os.cpu_count() or 1, len(todo) // IMAGES_PER_DEFAULT_WORKER)
+    workers = max(1, min(workers, len(chunks)))
     progress = progress or _NoProgress
     with open(csv_path, "a", newline="") as f, progress(len(todo)) as bar:
         writer = csv.writer(f)
