@@ -6,6 +6,7 @@ the same from a saved `.keras` file or a training run directory.
 """
 
 import os
+import zipfile
 
 import keras
 
@@ -70,4 +71,17 @@ def load_embedding_model(path):
             f"Expected a .keras model file or a training run directory holding "
             f"{CHECKPOINT_NAME}. Received: {path!r}"
         )
-    return embedding_model(keras.saving.load_model(path, compile=False))
+    return embedding_model(load_model_file(path, compile=False))
+
+
+def load_model_file(path, compile=True):
+    """`keras.saving.load_model`, with a file that is not a Keras model (text, empty, another
+    zip, a torn copy) reported as a `UserInputError` naming it."""
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise UserInputError(
+            f"Expected a Keras model file (a .keras zip written by model.save). "
+            f"Received: {os.fspath(path)!r}, which cannot be loaded ({type(error).__name__}: "
+            f"{error})"
+        ) from None
