@@ -76,13 +76,12 @@ def _conflicts(ctx, config):
 def train(ctx, data, output, epochs, resume, jit_compile, image_size, **options):
     """Train BACKBONE + MarginSoftmax; writes OUTPUT/{checkpoint.keras, config.json,
     label_map.json, log.csv, tensorboard/}."""
-    import json
     import os
 
     from keras_sphereface.errors import UserInputError
     from keras_sphereface.training import resume as resume_run
     from keras_sphereface.training import train as train_run
-    from keras_sphereface.training.trainer import CONFIG_NAME
+    from keras_sphereface.training.trainer import CONFIG_NAME, read_config
 
     jit_compile = {"auto": "auto", "on": True, "off": False}[jit_compile]
     if resume:
@@ -92,8 +91,7 @@ def train(ctx, data, output, epochs, resume, jit_compile, image_size, **options)
                 f"Expected --output to be a run directory holding {CONFIG_NAME} for --resume. "
                 f"Received: {output!r}"
             )
-        with open(config_path) as f:
-            config = json.load(f)
+        config = read_config(output)
         ctx.params["jit_compile"] = jit_compile
         conflicts = _conflicts(ctx, config)
         if conflicts:

@@ -30,7 +30,7 @@ from keras_sphereface.atomic import atomic_path
 from keras_sphereface.backbones import get_backbone
 from keras_sphereface.errors import UserInputError
 from keras_sphereface.margins import MarginSoftmax
-from keras_sphereface.models import CHECKPOINT_NAME, build_training_model
+from keras_sphereface.models import CHECKPOINT_NAME, build_training_model, load_model_file
 from keras_sphereface.training.callbacks import EpochCheckpoint, MarginLogger
 from keras_sphereface.training.optimization import CoupledWeightDecaySGD, paper_step_schedule
 
@@ -239,8 +239,7 @@ def resume(output, epochs=None, verbose=1, callbacks=()):
             f"Expected a training run folder holding {CONFIG_NAME} and {CHECKPOINT_NAME}. "
             f"Received: {output!r}"
         )
-    with open(config_path) as f:
-        config = json.load(f)
+    config = read_config(output)
     if epochs is not None:
         _check_positive("epochs", epochs)
         config["epochs"] = epochs
@@ -255,7 +254,7 @@ def resume(output, epochs=None, verbose=1, callbacks=()):
             f"{index.num_classes} identities in {config['data']!r}; resume needs the same data."
         )
     keras.utils.set_random_seed(config["seed"])
-    model = keras.saving.load_model(checkpoint)  # with the optimizer's state
+    model = load_model_file(checkpoint)  # with the optimizer's state
     _compile(model, model.optimizer, config["jit_compile"])
     done = int(_optimizer_steps(model))
     if done % config["steps_per_epoch"]:
@@ -265,6 +264,24 @@ def resume(output, epochs=None, verbose=1, callbacks=()):
         )
     _write_json(config_path, config)
     return _fit(model, index, config, output, done // config["steps_per_epoch"], verbose, callbacks)
+
+
+def read_config(output):
+    """The `config.json` of the run directory `output`; a missing or damaged one is a
+    UserInputError naming it."""
+    path = os.path.join(os.fspath(output), CONFIG_NAME)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        missing = [key for key in ("data", "epochs", "steps_per_epoch", "seed") if key not in config]
+    except (OSError, ValueError, TypeError):
+        config, missing = None, ["a JSON object"]
+    if missing:
+        raise UserInputError(
+            f"Expected {path} to be the run's configuration written by train (a JSON object "
+            f"with data, epochs, seed, ...). Received: a file without {', '.join(missing)}"
+        )
+    return config
 
 
 def _optimizer_steps(model):
