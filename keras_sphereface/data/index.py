@@ -112,13 +112,14 @@ def read_list_file(path, root=None, class_names=None):
     Paths are relative to `root` (default: the list file's folder); a path may contain
     spaces (the label is the last field); '#' starts a comment line. `class_names` (e.g.
     from :func:`load_label_map`) names the classes; by default class i is named "i" and the
-    number of classes is max(label) + 1.
+    number of classes is max(label) + 1, and labels leaving more than half of those classes
+    without images are refused (a typo, not a data set).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserInputError(f"Expected an existing list file ('relative/path label' lines). Received: {path!r}")
     root = os.path.dirname(os.path.abspath(path)) if root is None else os.fspath(root)
-    paths, labels = [], []
+    paths, labels, numbers = [], [], []
     with open(path) as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
@@ -133,9 +134,17 @@ def read_list_file(path, root=None, class_names=None):
                 )
             paths.append(relpath)
             labels.append(int(label))
+            numbers.append(number)
     if not paths:
         raise UserInputError(f"Expected at least one 'relative/path label' line. Received: empty list file {path!r}")
     if class_names is None:
+        present, top = set(labels), max(labels)
+        if top + 1 > 2 * len(present):  # a typo'd label 99999 would make a 100000-class head
+            raise UserInputError(
+                f"{path}, line {numbers[labels.index(top)]}: expected labels 0..N-1 for N "
+                f"identities, most of them used (or class names from a label map). Received: "
+                f"label {top}, so {top + 1} classes of which only {len(present)} have images"
+            )
         class_names = [str(i) for i in range(max(labels) + 1)]
     index = ImageIndex(root, paths, labels, class_names)
     check_labels(index, index.num_classes)
