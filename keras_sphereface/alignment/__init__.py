@@ -12,7 +12,7 @@ Nothing here imports TensorFlow until a `FaceDetector` first runs.
 import os
 
 from keras_sphereface.alignment.detect import FaceDetector, fallback_landmarks, read_image
-from keras_sphereface.alignment.folder import align_folder, align_image
+from keras_sphereface.alignment.folder import align_folder, align_image, read_fallback_paths
 from keras_sphereface.alignment.landmarks import read_landmarks_file, write_landmarks_file
 from keras_sphereface.alignment.warp import (
     align_face,
@@ -29,6 +29,7 @@ __all__ = [
     "fallback_landmarks",
     "lfw_landmarks_path",
     "parse_size",
+    "read_fallback_paths",
     "read_image",
     "read_landmarks_file",
     "similarity_transform",

@@ -22,6 +22,7 @@ Work is spread over processes (spawned, one MTCNN and one TensorFlow thread each
 import contextlib
 import csv
 import datetime
+import gzip
 import importlib.metadata
 import json
 import multiprocessing
@@ -47,6 +48,7 @@ CSV_COLUMNS = (
 CSV_NAME, LANDMARKS_NAME, SETTINGS_NAME = "alignment.csv", "landmarks.txt", "alignment.json"
 WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 JPEG_QUALITY = 95
+FALLBACK_MARK = "fallback: "  # header comment marking a fallback entry of a landmarks file
 # Images per worker task: MTCNN runs same-shape images as one batch (see FaceDetector)
 CHUNK = 16
 IMAGES_PER_DEFAULT_WORKER = 500
@@ -91,10 +93,17 @@ class AlignmentRecord:
 
 
 def list_files(root):
-    """Relative POSIX paths of every non-hidden file under `root`, sorted."""
-    paths = []
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+    """Relative POSIX paths of every non-hidden file under `root`, sorted.
+
+    Symbolic links to folders are followed (a linked dataset), each real folder once.
+    """
+    paths, seen = [], set()
+    for directory, subdirectories, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(directory))
+        subdirectories[:] = sorted(
+            d for d in subdirectories
+            if not d.startswith(".") and os.path.realpath(os.path.join(directory, d)) not in seen
+        )
         relative = os.path.relpath(directory, root)
         for name in sorted(files):
             if not name.startswith("."):
@@ -280,6 +289,22 @@ def _remove_temporaries(dst):
                 os.remove(os.path.join(directory, name))
 
 
+def read_fallback_paths(landmarks_file):
+    """Paths a landmarks file written by `align_folder` marks as fallbacks (no face found)."""
+    marked = set()
+    with _open_text(landmarks_file) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            if line[1:].strip().startswith(FALLBACK_MARK):
+                marked.add(line[1:].strip()[len(FALLBACK_MARK):])
+    return marked
+
+
+def _open_text(path):
+    return gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)
+
+
 def _landmarks_header(records, settings, command):
     fallbacks = sorted(r.path for r in records if r.status == "fallback")
     lines = [
@@ -287,9 +312,11 @@ def _landmarks_header(records, settings, command):
         "left and right mouth corners; pixels of the original image).",
         f"Produced by keras_sphereface.alignment.align_folder on "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} (UTC)"
-        + (f" with mtcnn {importlib.metadata.version('mtcnn')}"
-           if settings["landmarks"] == "mtcnn" else f" from {settings['landmarks']}")
-        + ": the face nearest the image centre.",
+        + (
+            f" with mtcnn {importlib.metadata.version('mtcnn')}: the face nearest the centre."
+            if settings["landmarks"] == "mtcnn"
+            else f" from the landmarks in {settings['landmarks']}."
+        ),
     ]
     if command:
         lines.append(f"Command: {command}")
@@ -297,7 +324,7 @@ def _landmarks_header(records, settings, command):
         f"{len(fallbacks)} image(s) without a detected face carry the fallback landmarks "
         f"(the mean LFW landmarks at the image centre):"
     )
-    lines += [f"fallback: {path}" for path in fallbacks]
+    lines += [f"{FALLBACK_MARK}{path}" for path in fallbacks]
     return "\n".join(lines)
 
 
@@ -341,7 +368,10 @@ def align_folder(
         raise UserInputError(f"Expected an output folder outside the source {src}. Received: {dst}")
     csv_path = csv_path or os.path.join(dst, CSV_NAME)
     landmarks_out = landmarks_out or os.path.join(dst, LANDMARKS_NAME)
-    landmarks_table = None if from_landmarks is None else read_landmarks_file(from_landmarks)
+    landmarks_table, marked_fallbacks = None, set()
+    if from_landmarks is not None:
+        landmarks_table = read_landmarks_file(from_landmarks)
+        marked_fallbacks = read_fallback_paths(from_landmarks)
     settings = {
         "source": src,
         "size": f"{size[0]}x{size[1]}",
@@ -382,6 +412,11 @@ def align_folder(
         with pool:
             for chunk in chunks:
                 for record in chunk:
+                    if record.path in marked_fallbacks and record.status == "ok":
+                        record.status = "fallback"
+                        record.reason = "; ".join(filter(None, [
+                            "no face found when the landmarks file was made: its fallback "
+                            "landmarks", record.reason]))
                     writer.writerow(record.to_row())
                 records.extend(chunk)
                 f.flush()

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from keras_sphereface.alignment import detect
-from keras_sphereface.alignment.folder import CSV_COLUMNS, align_folder
+from keras_sphereface.alignment.folder import (
+    CSV_COLUMNS,
+    STATUSES,
+    align_folder,
+    read_fallback_paths,
+)
 from keras_sphereface.alignment.landmarks import read_landmarks_file, write_landmarks_file
 from keras_sphereface.errors import UserInputError
 
@@ -107,6 +112,16 @@ def test_from_landmarks_gives_every_file_a_row_status_and_reason(tmp_path):
     written = read_landmarks_file(dst / "landmarks.txt")
     assert sorted(written) == sorted(p for p, r in rows.items() if r["status"] != "unreadable")
     np.testing.assert_allclose(written[good[0]], detect.fallback_landmarks((250, 250)), atol=0.01)
+
+    # Aligning again from that landmarks file keeps the fallbacks marked as such.
+    assert read_fallback_paths(dst / "landmarks.txt") == {
+        p for p, r in rows.items() if r["status"] == "fallback"
+    }
+    again = align_folder(src, tmp_path / "dst2", workers=1, from_landmarks=dst / "landmarks.txt")
+    assert {k: again[k] for k in STATUSES} == {k: summary[k] for k in STATUSES}
+    rows = _read_csv(tmp_path / "dst2" / "alignment.csv")
+    assert rows[good[0]]["status"] == "fallback"
+    assert "no face found when the landmarks file was made" in rows[good[0]]["reason"]
 
 
 @pytest.mark.slow
