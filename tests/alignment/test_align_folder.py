@@ -225,3 +225,14 @@ def test_cli_align_from_landmarks_and_bad_size(tmp_path):
     result = runner.invoke(main, ["align", str(src), str(tmp_path / "d2"), "--size", "100x100"])
     assert result.exit_code == 2 and "Expected a crop size" in result.output
     assert "Traceback" not in result.output
+
+
+def test_list_files_follows_folder_links_once_and_skips_hidden(tmp_path):
+    from keras_sphereface.alignment.folder import list_files
+
+    _write(tmp_path / "src/A/a.jpg", b"x")
+    _write(tmp_path / "src/A/.hidden.jpg", b"x")
+    _write(tmp_path / "elsewhere/B/b.jpg", b"x")
+    os.symlink(tmp_path / "elsewhere/B", tmp_path / "src/B")
+    os.symlink(tmp_path / "src", tmp_path / "src/A/loop")  # a cycle
+    assert list_files(tmp_path / "src") == ["A/a.jpg", "B/b.jpg"]
