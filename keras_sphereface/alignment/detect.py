@@ -54,8 +54,9 @@ def decode_image(data):
     """Decode encoded image bytes into RGB uint8 (H, W, 3); return (image, notes).
 
     Grayscale is replicated to 3 channels, an alpha channel dropped, 16-bit scaled to 8 bits
-    (each change is listed in `notes`, which the CSV reports). Raises `UnreadableImage` with
-    the reason for empty, truncated or undecodable data.
+    (each change is listed in `notes`, which the CSV reports). EXIF orientation is not applied
+    (as in TensorFlow's decoders), so landmarks refer to the stored pixel grid. Raises
+    `UnreadableImage` with the reason for empty, truncated or undecodable data.
     """
     if len(data) == 0:
         raise UnreadableImage("empty file (0 bytes)")
@@ -114,8 +115,8 @@ def central_face(faces, image_shape):
 class FaceDetector:
     """MTCNN face + 5-landmark detector: `detector(image)` -> list of `Face`, most confident first.
 
-    `detector.detect_many(images)` runs images of the same shape as one batch (4-6× less CPU
-    per image than one by one on 250×250 LFW frames; results are identical, since equal
+    `detector.detect_many(images)` runs images of the same shape as one batch (about 4× less
+    CPU per image than one by one on 250×250 LFW frames; results are identical, since equal
     shapes need no padding). TensorFlow and the networks load on first use. `threads` bounds
     TensorFlow's thread pools (1 per worker process when aligning a folder with several
     workers); it only takes effect before TensorFlow has run anything in this process.
