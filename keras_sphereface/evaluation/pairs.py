@@ -58,8 +58,15 @@ def read_pairs(path, images_dir=None):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserInputError(f"Expected an existing pair list file. Received: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise UserInputError(
+            f"{path}: expected a text pair list ('FOLDS PAIRS_PER_FOLD' header, then "
+            f"'name i j' / 'name1 i name2 j' lines). Received: a binary file ({error.reason} "
+            f"at byte {error.start})"
+        ) from None
     numbered = [(n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise UserInputError(
