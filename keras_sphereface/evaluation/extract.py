@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -39,9 +40,15 @@ class KerasEmbedder:
     that every format goes through the protocol (flip fusion, mean subtraction) identically.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, source=None):
         self.model = model
-        height, width = model.input_shape[1:3]
+        shape = model.input_shape
+        if not (isinstance(shape, tuple) and len(shape) == 4 and shape[3] == 3 and all(shape[1:3])):
+            raise UserInputError(
+                f"Expected an embedding model taking RGB images (None, H, W, 3). Received: "
+                f"{source or repr(model.name)} with input shape {shape}"
+            )
+        height, width = shape[1:3]
         self.input_size = (int(height), int(width))
 
     def __call__(self, images):
@@ -77,7 +84,7 @@ def load_embedder(path):
     ):
         from keras_sphereface.models import load_embedding_model
 
-        return KerasEmbedder(load_embedding_model(path))
+        return KerasEmbedder(load_embedding_model(path), source=path)
     if _is_saved_model(path):
         from keras_sphereface.export import load_saved_model_embedder
 
@@ -157,7 +164,7 @@ def load_embeddings_file(path):
                 for key in data.files
                 if key != SETTINGS_KEY
             }
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # empty, torn, text
         raise UserInputError(
             f"Expected an .npz file of {{relative image path: embedding vector}}. "
             f"Received: {path} ({error})"
