@@ -180,7 +180,15 @@ class SavedModelEmbedder:
                 f"Received: {signature!r}"
             )
         self._function = self._loaded.signatures[signature]
-        spec = self._function.structured_input_signature[1][INPUT_NAME]
+        inputs = self._function.structured_input_signature[1]
+        outputs = self._function.structured_outputs
+        if list(inputs) != [INPUT_NAME] or list(outputs) != [OUTPUT_NAME]:
+            raise UserInputError(
+                f"Expected the {signature!r} signature of {self.path} to map {INPUT_NAME} -> "
+                f"{OUTPUT_NAME} (an export of this package). Received: {sorted(inputs)} -> "
+                f"{sorted(outputs)}"
+            )
+        spec = inputs[INPUT_NAME]
         self.input_size = (int(spec.shape[1]), int(spec.shape[2]))
         self._dtype = spec.dtype
         self.batch_size = batch_size
