@@ -6,9 +6,5 @@ from cli.commands.evaluate import evaluate
 from cli.commands.export import export
 from cli.commands.train import train
 
-COMMANDS = []
-COMMANDS.append(evaluate)
-COMMANDS.append(align)
-COMMANDS.append(export)
-COMMANDS.append(demo)
-COMMANDS.append(train)
+# in the order of the data flow: align faces, train, evaluate, export; demo runs them all
+COMMANDS = [align, train, evaluate, export, demo]
