@@ -50,8 +50,9 @@ def _conflicts(ctx, config):
 @click.option("--scale", type=float, help="Scale s for the normalized modes (default: the mode's).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs of the run.  [default: 1]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", "learning_rate", default=0.1, show_default=True, type=float,
-              help="Initial learning rate; ÷10 at 16/28 and 24/28 of the run (the paper's steps).")
+@click.option("--lr", "learning_rate", type=float,
+              help="Initial learning rate; ÷10 at 16/28 and 24/28 of the run (the paper's steps). "
+              "Default: 0.1 × batch-size / 256 (the paper's 0.1 at batch 256, scaled linearly).")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float,
               help="Coupled (Caffe-style L2) weight decay of the SGD.")
 @click.option("--width-multiplier", default=1.0, show_default=True, type=float,

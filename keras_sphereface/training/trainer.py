@@ -109,7 +109,7 @@ def train(
     scale=None,
     epochs=1,
     batch_size=256,
-    learning_rate=0.1,
+    learning_rate=None,
     momentum=0.9,
     weight_decay=5e-4,
     width_multiplier=1.0,
@@ -133,7 +133,9 @@ def train(
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
         epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
         learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's
-            step schedule scaled to `epochs × steps per epoch`.
+            step schedule scaled to `epochs × steps per epoch`. `learning_rate=None` is the
+            paper's 0.1 at batch 256 scaled linearly to `batch_size` (Goyal et al. 2017):
+            0.1 itself at batch 64 drives the un-normalized Sphere nets to NaN.
         image_size: (height, width) or "112x96" / "112x112".
         landmarks: landmarks file to align the images on the fly; None: aligned crops.
         mixed_precision: None, "bfloat16" or "float16" (float16 adds loss scaling).
@@ -151,6 +153,8 @@ def train(
     template_for(image_size)  # validates the size
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         _check_positive(name, value)
+    if learning_rate is None:
+        learning_rate = 0.1 * batch_size / 256
     if mixed_precision not in MIXED_PRECISION_POLICIES:
         raise UserInputError(
             f"Expected mixed_precision in {list(MIXED_PRECISION_POLICIES)}. Received: {mixed_precision!r}"

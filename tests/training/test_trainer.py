@@ -74,9 +74,11 @@ def test_log_has_loss_accuracy_lr_and_lambda(straight_run):
         iteration = (int(row["epoch"]) + 1) * steps  # read after the epoch's last step
         # A-Softmax λ annealing, Caffe defaults: max(5, 1000 / (1 + 0.12 · it))
         assert float(row["lambda"]) == pytest.approx(max(5.0, 1000.0 / (1 + 0.12 * iteration)), rel=1e-5)
-        # paper schedule scaled to 6 steps: 0.1 for steps < round(6·16/28) = 3, then 0.01,
-        # 0.001 from round(6·24/28) = 5
-        expected_lr = 0.1 if iteration < 3 else 0.01 if iteration < 5 else 0.001
+        # default base rate: the paper's 0.1 at batch 256 scaled linearly to batch 4;
+        # paper schedule scaled to 6 steps: base for steps < round(6·16/28) = 3, then base/10,
+        # base/100 from round(6·24/28) = 5
+        base = 0.1 * TINY["batch_size"] / 256
+        expected_lr = base if iteration < 3 else base / 10 if iteration < 5 else base / 100
         assert float(row["learning_rate"]) == pytest.approx(expected_lr, rel=1e-5)
 
 
