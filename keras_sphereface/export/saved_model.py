@@ -45,7 +45,8 @@ def as_backbone(model):
 
 def input_size_of(model):
     """(H, W) of a backbone's image input."""
-    _, height, width, channels = model.inputs[0].shape
+    shape = tuple(model.inputs[0].shape)
+    height, width, channels = shape[1:] if len(shape) == 4 else (None, None, None)
     if height is None or width is None or channels != 3:
         raise UserInputError(
             f"Expected a backbone with a fixed RGB input shape (None, H, W, 3). "
