@@ -6,9 +6,9 @@ uint8 [N, H, W, 3] with 0..255 values, of the model's `input_size` = (H, W).
 
 import os
 
-import cv2
 import numpy as np
 
+from keras_sphereface.alignment.detect import UnreadableImage, read_image
 from keras_sphereface.errors import UserInputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -54,15 +54,16 @@ def read_aligned_faces(folder, input_size, limit=None):
     height, width = input_size
     faces = []
     for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserInputError(f"Expected a readable image. Received: {path}")
+        try:  # the project's one reader: catches truncated files, converts gray/RGBA/16-bit
+            image, _ = read_image(path)
+        except UnreadableImage as error:
+            raise UserInputError(f"Expected a readable image. Received: {path} ({error})") from None
         if image.shape[:2] != (height, width):
             raise UserInputError(
                 f"Expected aligned face crops of {height}x{width} (HxW; align them first with "
                 f"`cli/main.py align`). Received: {image.shape[0]}x{image.shape[1]} in {path}"
             )
-        faces.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        faces.append(image)
     return np.stack(faces)
 
 
