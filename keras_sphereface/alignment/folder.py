@@ -268,8 +268,14 @@ def _check_settings(dst, settings):
     """Refuse to resume into `dst` with other settings; record them for the next run."""
     path = os.path.join(dst, SETTINGS_NAME)
     if os.path.isfile(path):
-        with open(path) as f:
-            previous = json.load(f)
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except ValueError as error:
+            raise UserInputError(
+                f"{path}: expected the settings an earlier align run wrote there (JSON). "
+                f"Received: a damaged file ({error}); delete it to align this folder again"
+            ) from None
         if previous != settings:
             raise UserInputError(
                 f"{path}: this output folder was aligned with other settings; resume with the "
@@ -366,6 +372,10 @@ def align_folder(
         raise UserInputError(f"Expected an existing folder of images to align. Received: {src}")
     if os.path.commonpath([src, dst]) == src:
         raise UserInputError(f"Expected an output folder outside the source {src}. Received: {dst}")
+    files = list_files(src)
+    if not files:
+        raise UserInputError(f"Expected image files under the source folder. Received: {src}, "
+                             f"which holds none")
     csv_path = csv_path or os.path.join(dst, CSV_NAME)
     landmarks_out = landmarks_out or os.path.join(dst, LANDMARKS_NAME)
     landmarks_table, marked_fallbacks = None, set()
@@ -381,7 +391,6 @@ def align_folder(
     _check_settings(dst, settings)
     _remove_temporaries(dst)
 
-    files = list_files(src)
     done = {
         r.path: r
         for r in read_alignment_csv(csv_path)
