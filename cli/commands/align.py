@@ -23,9 +23,10 @@ def align(src, dst, size, workers, landmarks_out, from_landmarks, csv_path):
     """Align every image under SRC onto the 5-point template, same layout under DST.
 
     One CSV row per file (box, 5 landmarks, confidence, status ok / fallback / unreadable,
-    reason); interrupted runs resume where they stopped.
+    reason); interrupted runs resume where they stopped. Unreadable files do not stop the
+    run; they are listed at the end and the exit code is then 1.
     """
-    from keras_sphereface.alignment.folder import align_folder
+    from keras_sphereface.alignment.folder import align_folder, read_alignment_csv
 
     summary = align_folder(
         src, dst, size=size, workers=workers, csv_path=csv_path, landmarks_out=landmarks_out,
@@ -38,3 +39,12 @@ def align(src, dst, size, workers, landmarks_out, from_landmarks, csv_path):
         f"({summary['resumed']} done by an earlier run)"
     )
     click.echo(f"report: {summary['csv']}\nlandmarks: {summary['landmarks']}")
+    if summary["unreadable"]:
+        unreadable = [r for r in read_alignment_csv(summary["csv"]) if r.status == "unreadable"]
+        click.echo(f"Error: {len(unreadable)} files under {src} are not readable images "
+                   f"(no crop written):", err=True)
+        for record in unreadable[:20]:
+            click.echo(f"  {record.path}: {record.reason}", err=True)
+        if len(unreadable) > 20:
+            click.echo(f"  ... and {len(unreadable) - 20} more (see the report)", err=True)
+        sys.exit(1)

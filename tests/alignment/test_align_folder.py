@@ -218,8 +218,8 @@ def test_cli_align_from_landmarks_and_bad_size(tmp_path):
         main, ["align", str(src), str(dst), "--from-landmarks", str(table), "--workers", "1",
                "--landmarks-out", str(out)],
     )
-    assert result.exit_code == 0, result.output
-    assert "ok 4, fallback 0, unreadable 1" in result.output
+    assert result.exit_code == 1, result.output  # every file aligned but one unreadable
+    assert "ok 4, fallback 0, unreadable 1" in result.output and "Bad/zero.jpg" in result.output
     assert sorted(read_landmarks_file(out)) == sorted(good)
 
     result = runner.invoke(main, ["align", str(src), str(tmp_path / "d2"), "--size", "100x100"])
