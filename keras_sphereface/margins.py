@@ -35,7 +35,7 @@ centre.) `easy_margin=True` instead applies the margin only where cos θ_y > 0.
 
 Efficiency: the kernel is never normalized element-wise; the matmul result is scaled by the
 inverse column norms (a (batch, classes) multiply), with a hand-fused exact gradient
-(`normalized_matmul`). The B true-class logits are gathered from
+(`normalized_matmul`) that also hands out the B true-class logits. The B true-class logits are gathered from
 it, the margin (with its acos/cos) runs on those B values only, and one scatter writes them
 back.
 
@@ -110,9 +110,12 @@ def angular_margin(cos_theta, m1, m2, m3, easy_margin=False):
     return ops.where(theta > theta_b, beyond, target)
 
 
-@ops.custom_gradient
-def normalized_matmul(features, kernel):
-    """features @ (kernel / ‖kernel columns‖), with a hand-fused gradient.
+def normalized_matmul(features, kernel, labels=None):
+    """features @ (kernel / ‖kernel columns‖), with a hand-fused exact gradient.
+
+    With `labels` it returns (logits, true_logits): the (B,) entries logits[b, labels[b]],
+    whose gradient is added into the logits' gradient in place (one scatter) instead of
+    through a separate gather (a densified (B, C) gradient and a (B, C) sum).
 
     Forward: the matmul's (B, C) result is scaled by the inverse column norms, so the
     (D, C) kernel is only read (for its norms), never normalized element-wise. Backward,
@@ -120,25 +123,48 @@ def normalized_matmul(features, kernel):
         d features = (G / ‖W‖) Wᵀ,
         d W = featuresᵀ (G / ‖W‖) − W · Σ_b(G ∘ L) / ‖W‖²,
     the exact gradient of the normalized product (the second term removes the radial
-    part), written so that it costs two (D, C) element-wise passes instead of the five
-    automatic differentiation of sqrt(sum(W²)) produces on the TensorFlow CPU backend.
+    part), in two (D, C) element-wise passes where automatic differentiation of
+    sqrt(sum(W²)) takes five on the TensorFlow CPU backend.
     """
-    norm = _l2_norm(kernel, 0)
-    inverse_norm = 1.0 / norm
-    logits = ops.matmul(features, kernel) * inverse_norm
+    true_index = None if labels is None else _true_index(labels)
 
-    def gradient(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        scaled = upstream * inverse_norm
-        radial = ops.sum(upstream * logits, axis=0) * ops.square(inverse_norm)
-        radial = ops.where(norm > _NORM_EPSILON, radial, 0.0)  # below the floor: constant
-        return (
-            ops.matmul(scaled, ops.transpose(kernel)),
-            ops.matmul(ops.transpose(features), scaled) - kernel * radial,
-        )
+    @ops.custom_gradient
+    def forward(features, kernel):
+        norm = _l2_norm(kernel, 0)
+        inverse_norm = 1.0 / norm
+        logits = ops.matmul(features, kernel) * inverse_norm
+        outputs = logits if labels is None else (logits, _entries(logits, labels))
 
-    return logits, gradient
+        def gradient(*args, upstream=None):
+            if upstream is None:  # TensorFlow: one argument per output; JAX: one structure
+                upstream = args if len(args) > 1 else args[0]
+            if labels is not None:
+                upstream, upstream_true = upstream
+                upstream = ops.scatter_update(
+                    upstream, true_index, _entries(upstream, labels) + upstream_true
+                )
+            scaled = upstream * inverse_norm
+            radial = ops.sum(upstream * logits, axis=0) * ops.square(inverse_norm)
+            radial = ops.where(norm > _NORM_EPSILON, radial, 0.0)  # below the floor: constant
+            return (
+                ops.matmul(scaled, ops.transpose(kernel)),
+                ops.matmul(ops.transpose(features), scaled) - kernel * radial,
+            )
+
+        return outputs, gradient
+
+    return forward(features, kernel)
+
+
+def _true_index(labels):
+    """The (B, 2) index pairs (b, labels[b])."""
+    return ops.stack([ops.arange(ops.shape(labels)[0], dtype="int32"), labels], axis=1)
+
+
+def _entries(matrix, labels):
+    """matrix[b, labels[b]] for every row b, as a (B,) tensor."""
+    rows = ops.arange(ops.shape(labels)[0], dtype="int32")
+    return ops.take(ops.reshape(matrix, (-1,)), rows * ops.shape(matrix)[1] + labels)
 
 
 def _l2_norm(x, axis):
@@ -337,7 +363,7 @@ class MarginSoftmax(keras.layers.Layer):
         kernel = ops.cast(self.kernel, "float32")
         bias = None if self.bias is None else ops.cast(self.bias, "float32")
         if labels is None:
-            return self._plain_logits(features, kernel, bias)
+            return self._plain_logits(features, kernel, bias)[0]
         if training and self.sample_rate < 1.0:
             logits = self._partial_fc_logits(features, labels, kernel, bias, training)
         else:
@@ -346,26 +372,23 @@ class MarginSoftmax(keras.layers.Layer):
             self.iterations.assign_add(1)
         return logits
 
-    def _plain_logits(self, features, kernel, bias):
-        """Logits of every class without margin: the table's "other logits" column."""
+    def _plain_logits(self, features, kernel, bias, labels=None):
+        """Logits without margin (the table's "other logits"); with labels also (B,) true ones."""
         if self.normalize_features:
             features = features * ops.expand_dims(self.scale / _l2_norm(features, 1), 1)
         if self.normalize_weights:
-            logits = normalized_matmul(features, kernel)
-        else:
-            logits = ops.matmul(features, kernel)
+            if labels is None:
+                return normalized_matmul(features, kernel), None
+            return normalized_matmul(features, kernel, labels)
+        logits = ops.matmul(features, kernel)
         if bias is not None:
             logits = logits + bias
-        return logits
+        return logits, None if labels is None else _entries(logits, labels)
 
     def _margin_logits(self, features, labels, kernel, bias, training):
-        logits = self._plain_logits(features, kernel, bias)
         if self.mode in ("softmax", "normface"):
-            return logits
-        # the B true-class logits, gathered from the full logits (no second matmul)
-        num_columns = ops.shape(logits)[1]
-        rows = ops.arange(ops.shape(labels)[0], dtype="int32")
-        true_logit = ops.take(ops.reshape(logits, (-1,)), rows * num_columns + labels)
+            return self._plain_logits(features, kernel, bias)[0]
+        logits, true_logit = self._plain_logits(features, kernel, bias, labels)
         if self.scale is not None:  # logit = s cos θ
             radius = ops.full_like(true_logit, self.scale)
         elif self.mode == "sphereface":  # logit = ‖x‖ cos θ
@@ -377,8 +400,7 @@ class MarginSoftmax(keras.layers.Layer):
         target_cos = self.margin_function(cos_y, lambda_value)
         if self.mode == "curricularface":
             logits = self._reweight_hard_negatives(logits, target_cos, cos_y, training)
-        true_index = ops.stack([rows, labels], axis=1)
-        return ops.scatter_update(logits, true_index, radius * target_cos)
+        return ops.scatter_update(logits, _true_index(labels), radius * target_cos)
 
     def _partial_fc_logits(self, features, labels, kernel, bias, training):
         """Margin logits over the positives + sampled negatives; −1e9 elsewhere."""
