@@ -93,6 +93,7 @@ def export(
     import numpy as np
 
     from keras_sphereface.errors import UserInputError
+    from keras_sphereface.evaluation.lfw import resolve_lfw_dir
     from keras_sphereface.export import (
         LiteRTEmbedder,
         describe_saved_model,
@@ -115,6 +116,8 @@ def export(
         raise UserInputError(
             "Expected --representative DIR (aligned faces) for --quantize int8. Received: none"
         )
+    if lfw_dir is not None:  # a wrong --lfw-dir is refused before anything is written
+        resolve_lfw_dir(lfw_dir)
     model = load_embedding_model(model_path)
     input_size = input_size_of(model)
     representative_images = (
