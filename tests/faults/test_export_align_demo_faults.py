@@ -81,6 +81,7 @@ def test_export_bad_representative_folder(tmp_path, tiny_model_file, kind):
 def test_export_lfw_dir_without_lfw(tmp_path, tiny_model_file):
     result = export("--model", tiny_model_file, "--output", tmp_path / "sm", "--lfw-dir", tmp_path)
     assert_user_error(result, "pairs.txt")
+    assert not (tmp_path / "sm").exists()  # refused before writing, not after
 
 
 # --- align ----------------------------------------------------------------------------------
