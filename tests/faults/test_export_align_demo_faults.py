@@ -36,7 +36,7 @@ EXPORT_WRONG_MODELS = sorted(
 @pytest.mark.parametrize("kind", EXPORT_WRONG_MODELS)
 def test_export_model_of_the_wrong_kind(tmp_path, kind):
     model = WRONG_MODELS[kind](tmp_path)
-    result = export("--model", model, "--output", tmp_path / "out", "--lfw-dir", tmp_path)
+    result = export("--model", model, "--output", tmp_path / "out")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert (model.name if kind != "not_an_image_model" else "(None, 10)") in result.output
     assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ is known to be good. A divergence (NaN) stops with exit code 1 and a loadable ch
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -184,11 +185,24 @@ def test_used_output_is_not_overwritten(tmp_path, identity_folder):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
-@pytest.fixture
-def finished_run(tmp_path, identity_folder):
-    result = train("--data", identity_folder, "--output", tmp_path / "run")
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    data = write_identity_folder(root / "faces")
+    result = train("--data", data, "--output", root / "run")
     assert result.exit_code == 0, result.output
-    return tmp_path / "run"
+    return root
+
+
+@pytest.fixture
+def finished_run(trained_once, tmp_path):
+    """A copy of one finished 1-epoch run and its data (each test damages its own copy)."""
+    shutil.copytree(trained_once, tmp_path / "copy", symlinks=True)
+    config_path = tmp_path / "copy" / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["data"] = str(tmp_path / "copy" / "faces")
+    config_path.write_text(json.dumps(config))
+    return tmp_path / "copy" / "run"
 
 
 @pytest.mark.parametrize(
@@ -210,8 +224,8 @@ def test_resume_of_a_damaged_run(finished_run, damage, fragments):
     assert_user_error(result, *fragments)
 
 
-def test_resume_after_the_data_changed(finished_run, identity_folder):
-    (identity_folder / "person_0" / "0.jpg").unlink()
+def test_resume_after_the_data_changed(finished_run):
+    (finished_run.parent / "faces" / "person_0" / "0.jpg").unlink()
     result = train("--resume", "--output", finished_run, "--epochs", 2)
     assert_user_error(result, "same data")
 
