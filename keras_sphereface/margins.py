@@ -420,13 +420,10 @@ class MarginSoftmax(keras.layers.Layer):
         scores = ops.where(positives > 0, 2.0, scores)
         _, sampled = ops.top_k(scores, num_sampled, sorted=False)
         sampled = ops.cast(sampled, "int32")
-        # position of each class among the sampled ones; num_sampled for unsampled classes
-        offsets = ops.scatter(
-            ops.expand_dims(sampled, 1),
-            num_sampled - ops.arange(num_sampled, dtype="int32"),
-            (num_classes,),
+        # column of each sampled class among the sampled ones (labels are all sampled)
+        position = ops.scatter(
+            ops.expand_dims(sampled, 1), ops.arange(num_sampled, dtype="int32"), (num_classes,)
         )
-        position = num_sampled - offsets
         sampled_logits = self._margin_logits(
             features,
             ops.take(position, labels),
@@ -434,8 +431,12 @@ class MarginSoftmax(keras.layers.Layer):
             None if bias is None else ops.take(bias, sampled),
             training,
         )
-        padded = ops.pad(sampled_logits, ((0, 0), (0, 1)), constant_values=_UNSAMPLED_LOGIT)
-        return ops.take(padded, position, axis=1)
+        # class-major so that each sampled class is one contiguous row write
+        unsampled = ops.full((num_classes, batch_size), _UNSAMPLED_LOGIT, dtype="float32")
+        by_class = ops.scatter_update(
+            unsampled, ops.expand_dims(sampled, 1), ops.transpose(sampled_logits)
+        )
+        return ops.transpose(by_class)
 
     def compute_output_shape(self, input_shape):
         features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
