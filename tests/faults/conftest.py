@@ -32,3 +32,19 @@ def tiny_saved_model(tiny_model_file, tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("export") / "sm"
     export_saved_model(keras.saving.load_model(tiny_model_file), export_dir)
     return export_dir
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The counter the hardening issue asks for: fault cases tried and how they ended."""
+    outcomes = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "tests/faults/" in getattr(report, "nodeid", "") and report.when in ("call", "setup"):
+                if outcome == "passed" and report.when == "setup":
+                    continue
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        terminalreporter.write_line(
+            f"fault suite: {sum(outcomes.values())} cases (bad inputs, damaged files, kills) tried: "
+            + ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        )

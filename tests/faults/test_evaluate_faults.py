@@ -189,7 +189,32 @@ def _torn_saved_model(path):
     return path / "torn_sm"
 
 
+def _tiny_backbone():
+    from keras_sphereface.backbones import get_backbone
+
+    return get_backbone("sphere4", input_shape=(112, 96, 3), embedding_dim=8, width_multiplier=0.125)
+
+
+def _truncated_keras(path):
+    """A real .keras file cut in half (a copy interrupted by a full disk)."""
+    path = path / "model.keras"
+    _tiny_backbone().save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _truncated_tflite(path):
+    from keras_sphereface.export import export_tflite
+
+    path = path / "model.tflite"
+    export_tflite(_tiny_backbone(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
 WRONG_MODELS = {
+    "truncated_keras": _truncated_keras,
+    "truncated_tflite": _truncated_tflite,
     "missing": lambda path: path / "nope.keras",
     "text_keras": _text_keras,
     "empty_keras": _empty_keras,
