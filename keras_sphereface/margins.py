@@ -33,19 +33,26 @@ cos θ_y − cos θ_b − 1 (minus m3), i.e. a constant penalty 1 + cos θ_b. (i
 cos θ_y − m·sin m there; both only differ for θ_y > π − m, a feature almost opposite its
 centre.) `easy_margin=True` instead applies the margin only where cos θ_y > 0.
 
+Defaults: the papers' margins (sphereface/lsoftmax m=4, cosface 0.35, arcface 0.5,
+combined (1.0, 0.3, 0.2), curricularface 0.5) and s=64; normface s=30 (no margin: a lower
+scale keeps its softmax from saturating). sphereface has no scale by default (the feature
+norm ‖x‖ plays its role, as in the paper); giving one normalizes the features too.
+
 Efficiency: the kernel is never normalized element-wise; the matmul result is scaled by the
-inverse column norms (a (batch, classes) multiply), with a hand-fused exact gradient
-(`normalized_matmul`) that also hands out the B true-class logits. The B true-class logits are gathered from
-it, the margin (with its acos/cos) runs on those B values only, and one scatter writes them
-back.
+inverse column norms, with a hand-fused exact gradient (`normalized_matmul`) that also
+hands out the B true-class logits. The margin (with its acos/cos) runs on those B values
+only and one scatter writes them back. All maths is float32, whatever the dtype policy.
 
 Partial FC (`sample_rate` r < 1, An et al., "Partial FC", 2021/2022): in training calls
 with labels, the logits are computed for the batch's positive classes plus uniformly
 sampled negatives, ceil(r·C) classes in all (at least the batch size); the other classes
 get a logit of −1e9, i.e. zero softmax probability, so the cross-entropy equals the one
-over the sampled classes. The matmul and the kernel gradient (non-zero on sampled columns
-only) scale with r; the (batch, classes) logit tensor is still materialized so the layer
-keeps its contract with `SparseCategoricalCrossentropy`. r = 1 is exactly the full layer.
+over the sampled classes. The matmul scales with r and the kernel gradient is zero outside
+the sampled columns (so plain SGD moves only those; momentum or weight decay in the
+optimizer still move the others, as in insightface's Partial FC v2). The (batch, classes)
+logit tensor is still materialized, so the layer keeps its contract with
+`SparseCategoricalCrossentropy`. r = 1 is exactly the full layer; inference calls and
+calls without `training=True` always use every class.
 """
 
 import math
@@ -205,6 +212,12 @@ class MarginSoftmax(keras.layers.Layer):
         sample_rate: Partial FC fraction r ∈ (0, 1] of class centres used per training step.
         kernel_initializer, kernel_regularizer: for `kernel` (feature_dim, num_classes).
         seed: seed of the Partial FC sampler.
+        **kwargs: Keras layer arguments (name, dtype, ...). A mixed policy such as
+            "mixed_bfloat16" becomes "float32" for this layer (its variables are float32
+            under it anyway): logits and margin maths stay float32.
+
+    State: `iterations` (calls with training=True; drives λ) and, for curricularface,
+    `curricular_t`; both non-trainable, saved with the model.
 
     Call: `layer([features, labels])` → float32 logits (batch, num_classes) with the margin
     on the true class (labels: integer class indices, shape (batch,) or (batch, 1));

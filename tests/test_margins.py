@@ -215,7 +215,7 @@ def test_lambda_anneals_once_per_training_call():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer([x, y])), want, rtol=1e-4, atol=1e-4)
         got = keras.ops.convert_to_numpy(layer([x, y], training=True))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-        assert int(keras.ops.convert_to_numpy(layer.iterations.value)) == iteration + 1
+        assert int(layer.iterations.numpy()) == iteration + 1
     assert layer.current_lambda() == 1.0  # clamped at lambda_min
     assert MarginSoftmax(5).current_lambda() == 1000.0  # Caffe default base, before building
     assert MarginSoftmax(5, mode="arcface").current_lambda() == 0.0
@@ -230,12 +230,12 @@ def test_curricularface_t_is_an_ema_of_the_true_cosines():
     for _ in range(3):
         t = 0.99 * t + 0.01 * mean_cos_y
         got = keras.ops.convert_to_numpy(layer([x, y], training=True))
-        assert float(keras.ops.convert_to_numpy(layer.curricular_t.value)) == pytest.approx(t, rel=1e-5)
+        assert float(layer.curricular_t.numpy()) == pytest.approx(t, rel=1e-5)
         want = reference_logits("curricularface", x, w, b, y, 0.5, 64.0, t=t)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
     # inference uses the stored t and leaves it alone
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer([x, y])), want, rtol=1e-4, atol=1e-2)
-    assert float(keras.ops.convert_to_numpy(layer.curricular_t.value)) == pytest.approx(t, rel=1e-5)
+    assert float(layer.curricular_t.numpy()) == pytest.approx(t, rel=1e-5)
     # the data holds hard negatives, so the re-weighting above was exercised
     theta_y = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
     hard = cos > np.cos(np.minimum(theta_y + 0.5, np.pi))[:, None]
@@ -280,7 +280,7 @@ def test_keras_file_round_trip_restores_outputs_and_state(mode, tmp_path):
     restored = keras.saving.load_model(path)
     restored_head = restored.get_layer("head")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored([x, y])), before)
-    assert int(keras.ops.convert_to_numpy(restored_head.iterations.value)) == 3
+    assert int(restored_head.iterations.numpy()) == 3
     assert restored_head.current_lambda() == head.current_lambda()
     assert restored_head.get_config() == head.get_config()
 
@@ -333,7 +333,7 @@ def test_tiny_fit_loss_falls(mode):
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.7 * losses[0], losses
     head = model.layers[-1]
-    assert int(keras.ops.convert_to_numpy(head.iterations.value)) == 4 * 8  # once per step
+    assert int(head.iterations.numpy()) == 4 * 8  # once per step
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -459,9 +459,9 @@ def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
     head = MarginSoftmax(num_classes, mode="cosface", sample_rate=0.05, seed=0)
     model = keras.Model([features, labels], head([features, labels]))
     model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    before = keras.ops.convert_to_numpy(head.kernel.value).copy()
+    before = head.kernel.numpy().copy()
     model.fit([x, y], y, batch_size=batch, epochs=1, verbose=0)
-    changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(head.kernel.value) != before, axis=0))
+    changed = np.flatnonzero(np.any(head.kernel.numpy() != before, axis=0))
     assert set(y) <= set(changed) and len(changed) == batch
 
 
