@@ -8,8 +8,12 @@ atomic on POSIX file systems. A kill at any moment leaves either the old file or
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+
+# What atomic_path names its temporary files: ".{base}.{random}.tmp{ext}"
+_TEMPORARY_FILE = re.compile(r"^\..+\.[^.]+\.tmp(\.[^.]*)?$")
 
 
 def _umask():
@@ -75,3 +79,15 @@ def atomic_directory(path, overwrite=False):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_temporaries(directory):
+    """Delete the temporary files a killed `atomic_path` writer left below `directory`.
+
+    Call it when resuming work in a folder (an interrupted checkpoint or crop write leaves a
+    hidden `.{base}.{random}.tmp{ext}` file beside the intact previous version).
+    """
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            if _TEMPORARY_FILE.match(name):
+                os.remove(os.path.join(folder, name))

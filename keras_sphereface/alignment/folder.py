@@ -27,7 +27,6 @@ import importlib.metadata
 import json
 import multiprocessing
 import os
-import re
 
 import cv2
 import numpy as np
@@ -35,7 +34,7 @@ import numpy as np
 from keras_sphereface.alignment import detect
 from keras_sphereface.alignment.landmarks import read_landmarks_file, write_landmarks_file
 from keras_sphereface.alignment.warp import align_face, parse_size
-from keras_sphereface.atomic import atomic_path
+from keras_sphereface.atomic import atomic_path, remove_temporaries
 from keras_sphereface.errors import UserInputError
 
 STATUSES = ("ok", "fallback", "unreadable")
@@ -52,8 +51,6 @@ FALLBACK_MARK = "fallback: "  # header comment marking a fallback entry of a lan
 # Images per worker task: MTCNN runs same-shape images as one batch (see FaceDetector)
 CHUNK = 16
 IMAGES_PER_DEFAULT_WORKER = 500
-# What keras_sphereface.atomic.atomic_path names its temporary files: ".{base}.{random}.tmp{ext}"
-_ATOMIC_TEMPORARY = re.compile(r"^\..+\.[^.]+\.tmp(\.[^.]*)?$")
 
 
 class AlignmentRecord:
@@ -287,14 +284,6 @@ def _check_settings(dst, settings):
         json.dump(settings, f, indent=2)
 
 
-def _remove_temporaries(dst):
-    """Delete the temporary files of atomic writes a killed process left in `dst`."""
-    for directory, _, files in os.walk(dst):
-        for name in files:
-            if _ATOMIC_TEMPORARY.match(name):
-                os.remove(os.path.join(directory, name))
-
-
 def read_fallback_paths(landmarks_file):
     """Paths a landmarks file written by `align_folder` marks as fallbacks (no face found)."""
     marked = set()
@@ -389,7 +378,7 @@ def align_folder(
     }
     os.makedirs(dst, exist_ok=True)
     _check_settings(dst, settings)
-    _remove_temporaries(dst)
+    remove_temporaries(dst)
 
     done = {
         r.path: r

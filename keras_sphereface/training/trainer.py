@@ -26,7 +26,7 @@ import keras
 
 from keras_sphereface import data as data_lib
 from keras_sphereface.alignment.warp import parse_size, template_for
-from keras_sphereface.atomic import atomic_path
+from keras_sphereface.atomic import atomic_path, remove_temporaries
 from keras_sphereface.backbones import get_backbone
 from keras_sphereface.errors import UserInputError
 from keras_sphereface.margins import MarginSoftmax
@@ -267,6 +267,7 @@ def resume(output, epochs=None, verbose=1, callbacks=()):
             f"epoch). Received: {checkpoint!r} after {done} steps."
         )
     _write_json(config_path, config)
+    remove_temporaries(output)  # a checkpoint write cut by a kill left its temporary file
     return _fit(model, index, config, output, done // config["steps_per_epoch"], verbose, callbacks)
 
 
