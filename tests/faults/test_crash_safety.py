@@ -119,6 +119,7 @@ def test_train_killed_during_a_checkpoint_write_keeps_the_previous_one(tmp_path)
     assert result.exit_code == 0, result.output
     steps, model = optimizer_steps(run / "checkpoint.keras")
     assert steps == 9
+    assert not [name for name in os.listdir(run) if name.endswith(".tmp.keras")]  # cleaned up
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
 
 
