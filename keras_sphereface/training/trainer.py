@@ -278,7 +278,8 @@ def read_config(output):
     try:
         with open(path) as f:
             config = json.load(f)
-        missing = [key for key in ("data", "epochs", "steps_per_epoch", "seed") if key not in config]
+        missing = [key for key in ("data", "epochs", "steps_per_epoch", "seed")
+                   if key not in config]
     except (OSError, ValueError, TypeError):
         config, missing = None, ["a JSON object"]
     if missing:
