@@ -39,12 +39,13 @@ def pytest_terminal_summary(terminalreporter):
     outcomes = {}
     for outcome in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(outcome, []):
-            if "tests/faults/" in getattr(report, "nodeid", "") and report.when in ("call", "setup"):
-                if outcome == "passed" and report.when == "setup":
-                    continue
+            if "tests/faults/" not in getattr(report, "nodeid", ""):
+                continue
+            if report.when == "call" or (report.when == "setup" and outcome != "passed"):
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
     if outcomes:
+        counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
         terminalreporter.write_line(
-            f"fault suite: {sum(outcomes.values())} cases (bad inputs, damaged files, kills) tried: "
-            + ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+            f"fault suite: {sum(outcomes.values())} cases (bad inputs, damaged files, kills) "
+            f"tried: {counts}"
         )

@@ -71,7 +71,8 @@ def test_bad_pairs_file(pair_set, tiny_model_file, name):
 
 def test_missing_pairs_file_and_images_folder(pair_set, tiny_model_file, tmp_path):
     pairs, images = pair_set
-    assert_user_error(evaluate(tmp_path / "nope.txt", images, "--model", tiny_model_file), "nope.txt")
+    missing = evaluate(tmp_path / "nope.txt", images, "--model", tiny_model_file)
+    assert_user_error(missing, "nope.txt")
     assert_user_error(evaluate(pairs, tmp_path / "noimg", "--model", tiny_model_file), "noimg")
 
 
@@ -102,7 +103,8 @@ def test_grayscale_rgba_16bit_images_are_read(pair_set, tiny_model_file):
 def test_crop_of_the_wrong_size(pair_set, tiny_model_file):
     pairs, images = pair_set
     write_rgb(images / "Ann" / "Ann_0002.jpg", face(0, (250, 250)))
-    assert_user_error(evaluate(pairs, images, "--model", tiny_model_file), "Ann_0002.jpg", "250x250")
+    result = evaluate(pairs, images, "--model", tiny_model_file)
+    assert_user_error(result, "Ann_0002.jpg", "250x250")
 
 
 def _text_keras(path):
@@ -166,7 +168,8 @@ def _saved_model_without_the_signature(path):
             return {"y": x * 2.0}
 
     module = Module()
-    tf.saved_model.save(module, str(path / "other_sm"), signatures={"serving_default": module.serve})
+    signatures = {"serving_default": module.serve}
+    tf.saved_model.save(module, str(path / "other_sm"), signatures=signatures)
     return path / "other_sm"
 
 
@@ -192,7 +195,9 @@ def _torn_saved_model(path):
 def _tiny_backbone():
     from keras_sphereface.backbones import get_backbone
 
-    return get_backbone("sphere4", input_shape=(112, 96, 3), embedding_dim=8, width_multiplier=0.125)
+    return get_backbone(
+        "sphere4", input_shape=(112, 96, 3), embedding_dim=8, width_multiplier=0.125
+    )
 
 
 def _truncated_keras(path):
@@ -242,13 +247,19 @@ def _embeddings(path, content):
     return path
 
 
+def _file(path, content):
+    path.write_bytes(content)
+    return path
+
+
 @pytest.mark.parametrize(
     "make, fragments",
     [
         (lambda p: p / "nope.npz", ["nope.npz"]),
-        (lambda p: (p / "e.npz").write_text("text") and p / "e.npz", ["e.npz"]),
-        (lambda p: (p / "e.npz").write_bytes(b"") or p / "e.npz", ["e.npz"]),
-        (lambda p: _embeddings(p / "e.npz", {"Ann/Ann_0001.jpg": np.ones(4)}), ["line 2", "Ann_0002"]),
+        (lambda p: _file(p / "e.npz", b"text"), ["e.npz"]),
+        (lambda p: _file(p / "e.npz", b""), ["e.npz"]),
+        (lambda p: _embeddings(p / "e.npz", {"Ann/Ann_0001.jpg": np.ones(4)}),
+         ["line 2", "Ann_0002"]),
     ],
     ids=["missing", "text", "zero_byte", "missing_key"],
 )
@@ -270,14 +281,16 @@ def test_truncated_cache_is_named(pair_set, tiny_model_file, tmp_path):
     cache = tmp_path / "cache.npz"
     assert evaluate(*pair_set, "--model", tiny_model_file, "--cache", cache).exit_code == 0
     cache.write_bytes(cache.read_bytes()[:200])
-    assert_user_error(evaluate(*pair_set, "--model", tiny_model_file, "--cache", cache), "cache.npz")
+    result = evaluate(*pair_set, "--model", tiny_model_file, "--cache", cache)
+    assert_user_error(result, "cache.npz")
 
 
 def test_cache_of_another_model_is_refused(pair_set, tiny_model_file, tiny_saved_model, tmp_path):
     cache = tmp_path / "cache.npz"
     assert evaluate(*pair_set, "--model", tiny_model_file, "--cache", cache).exit_code == 0
     before = cache.read_bytes()
-    assert_user_error(evaluate(*pair_set, "--model", tiny_saved_model, "--cache", cache), "cache.npz")
+    result = evaluate(*pair_set, "--model", tiny_saved_model, "--cache", cache)
+    assert_user_error(result, "cache.npz")
     assert cache.read_bytes() == before
 
 

@@ -185,7 +185,8 @@ def test_align_resume_with_other_settings_or_a_damaged_settings_file(align_sourc
     landmarks = landmarks_for(align_source, tmp_path / "lm.txt")
     assert align(align_source, tmp_path / "dst", "--from-landmarks", landmarks).exit_code == 0
     crops = sorted(p.read_bytes() for p in (tmp_path / "dst").rglob("*.jpg"))
-    result = align(align_source, tmp_path / "dst", "--from-landmarks", landmarks, "--size", "112x112")
+    result = align(align_source, tmp_path / "dst", "--from-landmarks", landmarks,
+                   "--size", "112x112")  # fmt: skip
     assert_user_error(result, "alignment.json", "112x112")
     (tmp_path / "dst" / "alignment.json").write_text('{"source": ')
     result = align(align_source, tmp_path / "dst", "--from-landmarks", landmarks)

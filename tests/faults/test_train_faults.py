@@ -135,7 +135,8 @@ def test_bad_list_file(tmp_path, identity_folder, name):
 def test_bad_landmarks_file(tmp_path, identity_folder, content, fragments):
     landmarks = tmp_path / "landmarks.txt"
     landmarks.write_text(content)
-    result = train("--data", identity_folder, "--output", tmp_path / "run", "--landmarks", landmarks)
+    result = train("--data", identity_folder, "--output", tmp_path / "run",
+                   "--landmarks", landmarks)  # fmt: skip
     assert_user_error(result, *fragments)
 
 
