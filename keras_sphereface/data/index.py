@@ -303,12 +303,21 @@ def resolve_landmarks(index, landmarks):
     return np.stack([np.asarray(landmarks[p], dtype=np.float32).reshape(5, 2) for p in index.paths])
 
 
-def alignment_matrices(points, image_size):
+def alignment_matrices(points, image_size, paths=None):
     """Forward similarity transforms [N, 2, 3] (source pixel → crop pixel), as `cv2.warpAffine` takes.
 
     `alignment.warp.similarity_transform` (Umeyama) per image, ~45 µs each, computed once
-    when a loader is made rather than once per image and epoch.
+    when a loader is made rather than once per image and epoch. `paths` (one per image)
+    names the image in the error about degenerate landmarks.
     """
     from keras_sphereface.alignment.warp import similarity_transform
 
-    return np.stack([similarity_transform(p, image_size) for p in points]).astype(np.float64)
+    matrices = []
+    for i, p in enumerate(points):
+        try:
+            matrices.append(similarity_transform(p, image_size))
+        except UserInputError as error:
+            if paths is None:
+                raise
+            raise UserInputError(f"Landmarks of {paths[i]!r}: {error}") from None
+    return np.stack(matrices).astype(np.float64)

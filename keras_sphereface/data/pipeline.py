@@ -193,7 +193,8 @@ def make_dataset(
             image = _decode_rgb(read(position))
             return tf.ensure_shape(image, image_size + (3,))
     else:
-        forward = index_lib.alignment_matrices(index_lib.resolve_landmarks(index, landmarks), image_size)
+        points = index_lib.resolve_landmarks(index, landmarks)
+        forward = index_lib.alignment_matrices(points, image_size, index.paths)
         # The warp op maps each crop pixel back to the source: the inverse transform.
         inverse = np.linalg.inv(np.concatenate([forward, np.tile([[[0.0, 0.0, 1.0]]], (len(forward), 1, 1))], 1))[:, :2]
         inverse_table = tf.constant(inverse, tf.float32)

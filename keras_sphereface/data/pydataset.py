@@ -88,7 +88,7 @@ class FaceDataset(keras.utils.PyDataset):
         self.matrices = None
         if landmarks is not None:
             points = index_lib.resolve_landmarks(index, landmarks)
-            self.matrices = index_lib.alignment_matrices(points, self.image_size)
+            self.matrices = index_lib.alignment_matrices(points, self.image_size, index.paths)
         self.training = training
         self.flip = training if flip is None else flip
         self.seed = seed
