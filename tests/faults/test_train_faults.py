@@ -129,8 +129,10 @@ def test_bad_list_file(tmp_path, identity_folder, name):
         ("", ["none for 12 of 12 images"]),
         ("person_0/0.jpg 1 2 3\n", ["line 1", "10 finite numbers"]),
         ("person_0/0.jpg 1 2 3 4 5 6 7 8 9 nan\n", ["line 1", "nan"]),
+        ("".join(f"person_{i}/{j}.jpg" + " 10" * 10 + "\n" for i in range(3) for j in range(4)),
+         ["person_0/0.jpg", "distinct"]),
     ],
-    ids=["no_entries", "short_line", "nan_point"],
+    ids=["no_entries", "short_line", "nan_point", "degenerate_points"],
 )
 def test_bad_landmarks_file(tmp_path, identity_folder, content, fragments):
     landmarks = tmp_path / "landmarks.txt"
