@@ -75,6 +75,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 "checkpoint.", epoch + 1, self.path,
             )
             return
-        with atomic_path(self.path) as tmp:
-            self.model.save(tmp)
+        try:
+            with atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+        except OSError as error:  # e.g. disk full: say which file, and that nothing is lost
+            raise OSError(
+                error.errno,
+                f"{error.strerror or error} while writing the epoch {epoch + 1} checkpoint; "
+                f"{self.path} still holds the previous one (free space, then resume)",
+            ) from error
         self.last_saved_epoch = epoch + 1
