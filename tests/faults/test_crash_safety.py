@@ -4,7 +4,8 @@ Each test runs a CLI command in a subprocess whose writer is patched to stop *in
 (the temporary file is half written, the rename has not happened), then kills it with SIGKILL:
 
 - `train` during a checkpoint write: checkpoint.keras is still the previous epoch's, loads,
-  and `--resume` finishes the run from it;
+  and `--resume` finishes the run from it (and a full disk at that moment: a message, exit
+  code 2, the previous checkpoint kept);
 - `export --overwrite` during a SavedModel / TFLite write: the previous export still loads and
   gives the same embeddings;
 - `align` and `evaluate`, killed mid-run: the second run does only what remains (counted from
@@ -121,6 +122,36 @@ def test_train_killed_during_a_checkpoint_write_keeps_the_previous_one(tmp_path)
     assert steps == 9
     assert not [name for name in os.listdir(run) if name.endswith(".tmp.keras")]  # cleaned up
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+DISK_FULL_PATCH = """
+import resource, signal
+import keras
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+_save, _calls = keras.Model.save, [0]
+def save(self, path, *args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == 2:  # the disk fills up before the epoch-1 checkpoint
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+    return _save(self, path, *args, **kwargs)
+keras.Model.save = save
+"""
+
+
+def test_train_disk_full_during_a_checkpoint_write(tmp_path):
+    """A full disk (file size limit) while writing the epoch-1 checkpoint: a message naming
+    the checkpoint, exit code 2, and the epoch-0 checkpoint intact with no temporary left."""
+    data = write_identity_folder(tmp_path / "faces")
+    run = tmp_path / "run"
+    process, _ = start_patched(
+        tmp_path, DISK_FULL_PATCH,
+        "train", "--data", data, "--output", run, "--epochs", 2, "--batch-size", 4, *TINY_TRAIN,
+    )  # fmt: skip
+    output = process.communicate(timeout=240)[0].decode(errors="replace")
+    assert process.returncode == 2, output
+    assert "Traceback" not in output and "checkpoint.keras still holds the previous one" in output
+    assert optimizer_steps(run / "checkpoint.keras")[0] == 0
+    assert not [name for name in os.listdir(run) if name.startswith(".")]
 
 
 def test_train_killed_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path):
