@@ -169,9 +169,12 @@ def _true_index(labels):
 
 
 def _entries(matrix, labels):
-    """matrix[b, labels[b]] for every row b, as a (B,) tensor."""
-    rows = ops.arange(ops.shape(labels)[0], dtype="int32")
-    return ops.take(ops.reshape(matrix, (-1,)), rows * ops.shape(matrix)[1] + labels)
+    """matrix[b, labels[b]] for every row b, as a (B,) tensor.
+
+    A gather along the class axis (not through a flattened (B·C,) view), so that under a
+    class-sharded layout XLA keeps the (B, C) matrix sharded instead of all-gathering it.
+    """
+    return ops.take_along_axis(matrix, ops.expand_dims(labels, 1), axis=1)[:, 0]
 
 
 def _l2_norm(x, axis):
