@@ -126,6 +126,7 @@ def evaluate(
     python cli/main.py evaluate --pairs my_pairs.txt --images crops/ --aligned --model m.keras
     """
     import json
+    import os
 
     from keras_sphereface.atomic import atomic_path
     from keras_sphereface.errors import UserInputError
@@ -144,6 +145,9 @@ def evaluate(
             "Expected exactly one of --model PATH and --embeddings FILE.npz. "
             f"Received: --model={model}, --embeddings={embeddings}"
         )
+    for output in (report_path, roc_path, cache):  # fail before the long extraction, not after
+        if output:
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     report = evaluate_lfw(
         model=model,
         embeddings=embeddings,
