@@ -167,6 +167,7 @@ def train(
         )
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserInputError(f"Expected --output to be a folder. Received: {output!r}, a file.")
+    os.makedirs(os.path.dirname(output), exist_ok=True)  # a bad parent fails before the data check
     # the model's arguments are checked before the (long) check of every image
     keras.utils.set_random_seed(seed)
     net = get_backbone(
