@@ -300,6 +300,7 @@ def test_unwritable_output_under_a_file(pair_set, tiny_model_file, tmp_path, opt
     (tmp_path / "file").write_text("x")
     result = evaluate(*pair_set, "--model", tiny_model_file, option, tmp_path / "file" / "out")
     assert_user_error(result, "file")
+    assert "accuracy" not in result.output  # refused before the evaluation, not after it
     assert (tmp_path / "file").read_text() == "x"
 
 
