@@ -85,13 +85,67 @@ def _load_index(data, skip_bad, image_size, landmarks, verbose):
     return index, skipped
 
 
-def _compile(model, optimizer, jit_compile):
+def _compile(model, optimizer, jit_compile, steps_per_execution=1):
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
+
+
+def mixed_precision_policy(mixed_precision):
+    """The Keras dtype policy for `train`'s `mixed_precision`: None → None (float32),
+    "bfloat16" → "mixed_bfloat16", "float16" → "mixed_float16"; anything else is a
+    UserInputError."""
+    if mixed_precision not in MIXED_PRECISION_POLICIES:
+        raise UserInputError(
+            f"Expected mixed_precision in {list(MIXED_PRECISION_POLICIES)}. Received: {mixed_precision!r}"
+        )
+    return MIXED_PRECISION_POLICIES[mixed_precision]
+
+
+def default_learning_rate(batch_size):
+    """The paper's 0.1 at batch 256 scaled linearly to `batch_size` (Goyal et al. 2017):
+    0.1 itself at batch 64 drives the un-normalized Sphere nets to NaN."""
+    return 0.1 * batch_size / 256
+
+
+def compiled_training_model(
+    backbone,
+    num_classes,
+    total_steps,
+    mode="sphereface",
+    margin=None,
+    scale=None,
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=5e-4,
+    mixed_precision=None,
+    jit_compile="auto",
+    steps_per_execution=1,
+):
+    """The compiled model `train` fits: `backbone` + `MarginSoftmax(mode, margin, scale)`
+    (`build_training_model`), `CoupledWeightDecaySGD` with the paper's step schedule over
+    `total_steps` (`paper_step_schedule`), sparse cross-entropy from logits, accuracy.
+
+    `backbone` is a backbone model built with `dtype=mixed_precision_policy(mixed_precision)`;
+    "float16" also wraps the optimizer in `LossScaleOptimizer`. `jit_compile` and
+    `steps_per_execution` are `Model.compile`'s. Used by `train` and bench/train_throughput.py,
+    so the benchmark times the training step users get.
+    """
+    mixed_precision_policy(mixed_precision)  # validates
+    model = build_training_model(backbone, num_classes, mode=mode, margin=margin, scale=scale)
+    optimizer = CoupledWeightDecaySGD(
+        paper_step_schedule(total_steps, learning_rate),
+        momentum=momentum,
+        coupled_weight_decay=weight_decay,
+    )
+    if mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    _compile(model, optimizer, jit_compile, steps_per_execution)
+    return model
 
 
 def _write_json(path, content):
@@ -133,9 +187,8 @@ def train(
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
         epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
         learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's
-            step schedule scaled to `epochs × steps per epoch`. `learning_rate=None` is the
-            paper's 0.1 at batch 256 scaled linearly to `batch_size` (Goyal et al. 2017):
-            0.1 itself at batch 64 drives the un-normalized Sphere nets to NaN.
+            step schedule scaled to `epochs × steps per epoch`. `learning_rate=None`:
+            `default_learning_rate(batch_size)`, 0.1 × batch_size / 256.
         image_size: (height, width) or "112x96" / "112x112".
         landmarks: landmarks file to align the images on the fly; None: aligned crops.
         mixed_precision: None, "bfloat16" or "float16" (float16 adds loss scaling).
@@ -154,11 +207,8 @@ def train(
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         _check_positive(name, value)
     if learning_rate is None:
-        learning_rate = 0.1 * batch_size / 256
-    if mixed_precision not in MIXED_PRECISION_POLICIES:
-        raise UserInputError(
-            f"Expected mixed_precision in {list(MIXED_PRECISION_POLICIES)}. Received: {mixed_precision!r}"
-        )
+        learning_rate = default_learning_rate(batch_size)
+    policy = mixed_precision_policy(mixed_precision)
     output = os.path.abspath(os.fspath(output))
     if os.path.isdir(output) and os.listdir(output):
         raise UserInputError(
@@ -175,7 +225,7 @@ def train(
         input_shape=(*image_size, 3),
         embedding_dim=embedding_dim,
         width_multiplier=width_multiplier,
-        dtype=MIXED_PRECISION_POLICIES[mixed_precision],
+        dtype=policy,
     )
     MarginSoftmax(2, mode=mode, margin=margin, scale=scale)
     index, skipped = _load_index(data, skip_bad, image_size, landmarks, verbose)
@@ -212,15 +262,19 @@ def train(
         "keras_backend": keras.backend.backend(),
     }
 
-    model = build_training_model(net, index.num_classes, mode=mode, margin=margin, scale=scale)
-    optimizer = CoupledWeightDecaySGD(
-        paper_step_schedule(epochs * steps, learning_rate),
+    model = compiled_training_model(
+        net,
+        index.num_classes,
+        epochs * steps,
+        mode=mode,
+        margin=margin,
+        scale=scale,
+        learning_rate=learning_rate,
         momentum=momentum,
-        coupled_weight_decay=weight_decay,
+        weight_decay=weight_decay,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
     )
-    if mixed_precision == "float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    _compile(model, optimizer, jit_compile)
     os.makedirs(output, exist_ok=True)
     data_lib.save_label_map(os.path.join(output, LABEL_MAP_NAME), index.class_names)
     _write_json(os.path.join(output, CONFIG_NAME), config)
