@@ -57,10 +57,17 @@ def start_patched(tmp_path, patch, *args):
         f"runpy.run_path({str(REPO_ROOT / 'cli' / 'main.py')!r}, run_name='__main__')\n"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-    )
+    # output to a file, not a pipe: a long progress bar must never block the child on a full pipe
+    with open(tmp_path / "patched_cli.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    process.log_path = tmp_path / "patched_cli.log"
     return process, marker
+
+
+def output_of(process):
+    return process.log_path.read_text(errors="replace")
 
 
 def wait_then_kill(process, ready, timeout=240):
@@ -70,7 +77,7 @@ def wait_then_kill(process, ready, timeout=240):
         while not ready():
             if process.poll() is not None:
                 pytest.fail(f"exited ({process.returncode}) before the kill:\n"
-                            f"{process.stdout.read().decode(errors='replace')[-3000:]}")
+                            f"{output_of(process)[-3000:]}")
             if time.monotonic() > deadline:
                 pytest.fail("timed out waiting for the moment to kill")
             time.sleep(0.05)
@@ -78,7 +85,6 @@ def wait_then_kill(process, ready, timeout=240):
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        process.stdout.close()
     assert process.returncode == -signal.SIGKILL
 
 
@@ -147,7 +153,8 @@ def test_train_disk_full_during_a_checkpoint_write(tmp_path):
         tmp_path, DISK_FULL_PATCH,
         "train", "--data", data, "--output", run, "--epochs", 2, "--batch-size", 4, *TINY_TRAIN,
     )  # fmt: skip
-    output = process.communicate(timeout=240)[0].decode(errors="replace")
+    process.wait(timeout=240)
+    output = output_of(process)
     assert process.returncode == 2, output
     assert "Traceback" not in output and "checkpoint.keras still holds the previous one" in output
     assert optimizer_steps(run / "checkpoint.keras")[0] == 0
