@@ -11,9 +11,13 @@ Workers are threads by default: OpenCV releases the GIL while decoding and warpi
 threads avoid pickling every batch back from a worker process (measured ~2x cheaper per image
 on this machine, bench/input_pipeline.py) and forking a multithreaded JAX process.
 
-Keras asks for batches by number and starts its worker pool anew each epoch after
-`on_epoch_end`, so workers (processes too) always see the current epoch. Pass `shuffle=False` to `fit`: the
-order is already shuffled here, and Keras' own batch shuffling is unseeded.
+The epoch whose order is served is set explicitly (`set_epoch`, or the callback of
+`epoch_callback()` in `fit`), not counted from Keras' `on_epoch_begin`/`on_epoch_end`:
+`fit` calls those a different number of times per backend (it peeks at the data and
+resets its iterator before training), which would shift the order by an epoch and break
+exact resume. Keras starts its worker pool after the callbacks' `on_epoch_begin`, so
+workers (processes too) see the epoch set there. Pass `shuffle=False` to `fit`: the order
+is already shuffled here, and Keras' own batch shuffling is unseeded.
 """
 
 import concurrent.futures
@@ -56,7 +60,7 @@ class FaceDataset(keras.utils.PyDataset):
     Args:
         index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip: as in
             `make_dataset`, except that an epoch is finite here: `len(self)` batches (full
-            batches only when training); `on_epoch_end` moves to the next epoch's order.
+            batches only when training); `set_epoch` moves to another epoch's order.
         workers: parallel loaders (default: one per CPU core).
         use_multiprocessing: processes instead of threads; max_queue_size: as in
             `keras.utils.PyDataset`.
@@ -101,8 +105,13 @@ class FaceDataset(keras.utils.PyDataset):
             return index_lib.steps_per_epoch(len(self.index), self.batch_size)
         return -(-len(self.index) // self.batch_size)
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Serve epoch `epoch`'s order and flips (a pure function of seed and epoch)."""
+        self.epoch = int(epoch)
+
+    def epoch_callback(self):
+        """A callback for `fit` that serves each epoch's own order: `fit(..., callbacks=[...])`."""
+        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: self.set_epoch(epoch))
 
     def _epoch_order(self):
         if self._order is None or self._order[0] != self.epoch:

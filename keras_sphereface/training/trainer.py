@@ -18,6 +18,7 @@ one epoch give the same weights.
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -58,6 +59,15 @@ class TrainingResult:
     history: dict = dataclasses.field(default_factory=dict)
 
 
+def _tensorflow_available():
+    """tf.data and TensorBoard need TensorFlow; a JAX or PyTorch GPU machine may lack it.
+
+    Without it, training reads with `FaceDataset` (OpenCV, the same batches as tf.data)
+    and logs to CSV only.
+    """
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def _check_positive(name, value):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UserInputError(f"Expected {name} to be an integer >= 1. Received: {value!r}")
@@ -76,7 +86,10 @@ def _load_index(data, skip_bad, image_size, landmarks, verbose):
         )
     data_lib.check_min_identities(index, 2)
     index, skipped = data_lib.validate_images(
-        index, skip_bad=skip_bad, image_size=None if landmarks else image_size
+        index,
+        skip_bad=skip_bad,
+        decoder="tensorflow" if _tensorflow_available() else "opencv",
+        image_size=None if landmarks else image_size,
     )
     if verbose:
         for relpath, reason in skipped:
@@ -358,15 +371,12 @@ def _fit(model, index, config, output, initial_epoch, verbose, extra_callbacks):
         if verbose:
             print(f"{output}: already trained {initial_epoch} of {epochs} epochs; nothing to do.")
         return TrainingResult(output, initial_epoch, epochs)
-    dataset = data_lib.make_dataset(
-        index,
-        config["batch_size"],
+    loader_options = dict(
         image_size=tuple(config["image_size"]),
         landmarks=config["landmarks"],
         training=True,
         seed=config["seed"],
         initial_epoch=initial_epoch,
-        cache=config["cache"],
     )
     checkpoint = EpochCheckpoint(os.path.join(output, CHECKPOINT_NAME))
     callbacks = [
@@ -374,9 +384,16 @@ def _fit(model, index, config, output, initial_epoch, verbose, extra_callbacks):
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         keras.callbacks.CSVLogger(os.path.join(output, LOG_NAME), append=True),
-        keras.callbacks.TensorBoard(os.path.join(output, TENSORBOARD_NAME)),
-        *extra_callbacks,
     ]
+    if _tensorflow_available():
+        dataset = data_lib.make_dataset(
+            index, config["batch_size"], cache=config["cache"], **loader_options
+        )
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, TENSORBOARD_NAME)))
+    else:
+        dataset = data_lib.FaceDataset(index, config["batch_size"], **loader_options)
+        callbacks.append(dataset.epoch_callback())
+    callbacks.extend(extra_callbacks)
     if verbose:
         print(
             f"training {config['backbone']} ({config['mode']}) on {config['num_images']} images of "

@@ -27,12 +27,12 @@ def test_same_batches_as_tf_data(crop_tree, kind):
     loader = FaceDataset(index, batch_size=5, seed=11)
     stream = iter(make_dataset(index, batch_size=5, seed=11))
     for epoch in range(2):
+        loader.set_epoch(epoch)
         for batch in range(len(loader)):
             (ours, our_labels), (theirs, their_labels) = loader[batch], next(stream)
             assert ours["images"].dtype == np.uint8 and ours["labels"].dtype == np.int32
             np.testing.assert_array_equal(ours["images"], theirs["images"].numpy())
             np.testing.assert_array_equal(our_labels, their_labels.numpy())
-        loader.on_epoch_end()
     evaluation = list(make_dataset(index, batch_size=5, training=False))
     loader = FaceDataset(index, batch_size=5, training=False)
     assert len(loader) == len(evaluation) == 3
@@ -78,7 +78,8 @@ def test_epochs_flips_and_parallel_workers(crop_tree, processes):
     model = keras.Model(inputs, checksum)
     expected = np.concatenate([x["images"].astype(np.float64).sum(axis=(1, 2, 3)) for x, _ in epoch0])
     np.testing.assert_allclose(model.predict(loader, verbose=0), expected)
-    assert loader.epoch == 1
+    assert loader.epoch == 0  # Keras' own epoch hooks (called unevenly per backend) move nothing
+    loader.set_epoch(1)
     after = np.concatenate([x["images"].astype(np.float64).sum(axis=(1, 2, 3)) for x, _ in (loader[i] for i in range(3))])
     np.testing.assert_allclose(model.predict(loader, verbose=0), after)
     assert not np.allclose(after, expected)
