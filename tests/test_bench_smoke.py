@@ -1,0 +1,44 @@
+"""The training-throughput bench stays runnable: `bench/train_throughput.py --smoke` in a real
+process on the current backend (KERAS_BACKEND); no timing assertion, only that it trains and
+reports a rate and the FLOP count its MFU uses."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def smoke_training_gflop_per_image():
+    """3 × forward FLOP of sphere20 at 1/8 width (8, 16, 32, 64 channels), 112×96 input,
+    512-d fc5 and 100 classes, written out from the architecture (SphereFace Table 2)."""
+    height, width, channels_in, forward = 112, 96, 3, 0
+    for channels, units in zip((8, 16, 32, 64), (1, 2, 4, 1)):
+        height, width = height // 2, width // 2  # 3x3 stride-2 convolution with padding 1
+        forward += 2 * height * width * 9 * channels_in * channels
+        forward += units * 2 * (2 * height * width * 9 * channels * channels)
+        channels_in = channels
+    forward += 2 * (height * width * channels_in) * 512 + 2 * 512 * 100
+    return 3 * forward / 1e9
+
+
+@pytest.mark.slow
+@pytest.mark.multi_backend
+def test_train_throughput_smoke_reports_a_rate():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, os.path.join("bench", "train_throughput.py"), "--smoke"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = re.search(r"^ours: ([0-9.]+) img/s .*\(([0-9.]+) GFLOP/img\), final loss ([0-9.]+)",
+                      done.stdout, re.MULTILINE)
+    assert match, done.stdout
+    img_per_s, gflop, loss = (float(value) for value in match.groups())
+    assert img_per_s > 0
+    assert gflop == pytest.approx(smoke_training_gflop_per_image(), abs=0.005)
+    assert 0 < loss < 50  # finite: the step trained
