@@ -322,6 +322,9 @@ def run_configs(args):
                 print_result(result)
         rows.append((backbone, batch, ours, stock))
 
+    def rate(img_per_s):
+        return f"{img_per_s:.1f}" if img_per_s else "n/a"
+
     def ratio(numerator, denominator):
         return f"{numerator / denominator:.2f}x" if numerator and denominator else "n/a"
 
@@ -344,7 +347,7 @@ def run_configs(args):
         print(f"{backbone + ' b' + str(batch):<16} {ours['img_per_s']:>9.1f} "
               f"{ratio(ours['img_per_s'], anchor_rate):>15} "
               f"{ratio(ours['img_per_s'], stock_rate):>13} "
-              f"{anchor_rate or float('nan'):>13.1f} {stock_rate or float('nan'):>11.1f} "
+              f"{rate(anchor_rate):>13} {rate(stock_rate):>11} "
               f"{memory:>14} {mfu:>6}  {ours['device']}")
 
 
