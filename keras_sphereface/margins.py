@@ -163,6 +163,50 @@ def normalized_matmul(features, kernel, labels=None):
     return forward(features, kernel)
 
 
+def matmul_with_true_column_norms(features, kernel, labels):
+    """(features @ kernel, its (B,) true-class entries, the (B,) norms ‖W_{y_b}‖), L-Softmax.
+
+    Hand-written exact gradient: the norms' gradient (W_y / ‖W_y‖ per sample, summed over
+    the samples of each class) is written into the B true columns of the matmul's kernel
+    gradient in place, where automatic differentiation of a column gather builds a
+    (classes, D) gradient, transposes it and adds it to the (D, classes) one.
+    """
+    true_index = _true_index(labels)
+    same_class = ops.cast(ops.expand_dims(labels, 0) == ops.expand_dims(labels, 1), "float32")
+
+    @ops.custom_gradient
+    def forward(features, kernel):
+        logits = ops.matmul(features, kernel)
+        columns = ops.take(kernel, labels, axis=1)  # (D, B)
+        squared_norms = ops.sum(ops.square(columns), axis=0)
+        norms = ops.sqrt(ops.maximum(squared_norms, _NORM_EPSILON**2))
+
+        def gradient(*args, upstream=None):
+            if upstream is None:  # TensorFlow: one argument per output; JAX: one structure
+                upstream = args if len(args) > 1 else args[0]
+            upstream, upstream_true, upstream_norms = upstream
+            upstream = ops.scatter_update(
+                upstream, true_index, _entries(upstream, labels) + upstream_true
+            )
+            kernel_gradient = ops.matmul(ops.transpose(features), upstream)
+            # d‖W_y‖ / dW_y = W_y / ‖W_y‖ (0 below the floor), summed per class
+            per_sample = columns * ops.where(
+                squared_norms > _NORM_EPSILON**2, upstream_norms / norms, 0.0
+            )
+            per_class = ops.matmul(per_sample, same_class)
+            rows = ops.repeat(ops.arange(ops.shape(kernel)[0], dtype="int32"), ops.shape(labels)[0])
+            column_index = ops.stack([rows, ops.tile(labels, [ops.shape(kernel)[0]])], axis=1)
+            updated = ops.take(kernel_gradient, labels, axis=1) + per_class
+            kernel_gradient = ops.scatter_update(
+                kernel_gradient, column_index, ops.reshape(updated, (-1,))
+            )
+            return ops.matmul(upstream, ops.transpose(kernel)), kernel_gradient
+
+        return (logits, _entries(logits, labels), norms), gradient
+
+    return forward(features, kernel)
+
+
 def _true_index(labels):
     """The (B, 2) index pairs (b, labels[b])."""
     return ops.stack([ops.arange(ops.shape(labels)[0], dtype="int32"), labels], axis=1)
@@ -404,13 +448,15 @@ class MarginSoftmax(keras.layers.Layer):
     def _margin_logits(self, features, labels, kernel, bias, training):
         if self.mode in ("softmax", "normface"):
             return self._plain_logits(features, kernel, bias)[0]
-        logits, true_logit = self._plain_logits(features, kernel, bias, labels)
+        if self.mode == "lsoftmax":  # logit = ‖x‖ ‖W_y‖ cos θ
+            logits, true_logit, true_norm = matmul_with_true_column_norms(features, kernel, labels)
+            radius = _l2_norm(features, 1) * true_norm
+        else:
+            logits, true_logit = self._plain_logits(features, kernel, bias, labels)
         if self.scale is not None:  # logit = s cos θ
             radius = ops.full_like(true_logit, self.scale)
         elif self.mode == "sphereface":  # logit = ‖x‖ cos θ
             radius = _l2_norm(features, 1)
-        else:  # lsoftmax: logit = ‖x‖ ‖W_y‖ cos θ
-            radius = _l2_norm(features, 1) * _l2_norm(ops.take(kernel, labels, axis=1), 0)
         cos_y = ops.clip(true_logit / radius, -1.0, 1.0)
         lambda_value = self.lambda_at(self.iterations) if self.mode in _ANNEALED_MODES else None
         target_cos = self.margin_function(cos_y, lambda_value)

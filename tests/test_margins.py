@@ -465,9 +465,9 @@ def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
     assert set(y) <= set(changed) and len(changed) == batch
 
 
-@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface"])
+@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface", "lsoftmax"])
 def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
-    """The layer's hand-fused kernel gradient against the backend's autodiff of W / ‖W‖."""
+    """The layer's hand-written gradients against the backend's autodiff of the formula."""
     x, w, b, y = problem(seed=6)
     cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
     theta = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
@@ -480,9 +480,9 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
     margin, scale = DEFAULTS[mode]
 
     def plain_loss(x, w):
-        unit_w = w / ops.sqrt(ops.sum(w * w, axis=0, keepdims=True))
+        w_norm = ops.sqrt(ops.sum(w * w, axis=0, keepdims=True))
         x_norm = ops.sqrt(ops.sum(x * x, axis=1, keepdims=True))
-        cos = ops.matmul(x / x_norm, unit_w)
+        cos = ops.matmul(x / x_norm, w / w_norm)
         one_hot = ops.one_hot(y, NUM_CLASSES)
         cos_y = ops.sum(cos * one_hot, axis=1, keepdims=True)
         if mode == "normface":
@@ -494,8 +494,8 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
             k = ops.floor(4 * theta / np.pi)
             psi = (1 - 2 * (k % 2)) * (8 * cos_y**4 - 8 * cos_y**2 + 1) - 2 * k
             target = (psi + 1000.0 * cos_y) / 1001.0
-        radius = x_norm if scale is None else scale
-        logits = radius * (cos + one_hot * (target - cos_y))
+        radius = {"lsoftmax": x_norm * w_norm, "sphereface": x_norm}.get(mode, scale)
+        logits = radius * ops.where(one_hot > 0, target, cos)
         return loss_fn(y, logits)
 
     if keras.backend.backend() == "tensorflow":
