@@ -465,7 +465,7 @@ def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
     assert set(y) <= set(changed) and len(changed) == batch
 
 
-@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface", "lsoftmax"])
+@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface", "curricularface", "lsoftmax"])
 def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
     """The layer's hand-written gradients against the backend's autodiff of the formula."""
     x, w, b, y = problem(seed=6)
@@ -487,13 +487,16 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
         cos_y = ops.sum(cos * one_hot, axis=1, keepdims=True)
         if mode == "normface":
             target = cos_y
-        elif mode == "arcface":
+        elif mode in ("arcface", "curricularface"):
             target = ops.cos(ops.arccos(ops.clip(cos_y, -1 + 1e-7, 1 - 1e-7)) + margin)
         else:  # λ = 1000 at iteration 0: (ψ + λ cos) / (1 + λ), ψ by Chebyshev for m = 4
             theta = ops.arccos(ops.clip(cos_y, -1 + 1e-7, 1 - 1e-7))
             k = ops.floor(4 * theta / np.pi)
             psi = (1 - 2 * (k % 2)) * (8 * cos_y**4 - 8 * cos_y**2 + 1) - 2 * k
             target = (psi + 1000.0 * cos_y) / 1001.0
+        if mode == "curricularface":  # t after the first step: 0.01 · mean cos θ_y, no gradient
+            t = 0.01 * ops.mean(ops.stop_gradient(cos_y))
+            cos = ops.where(cos > ops.stop_gradient(target), cos * (t + cos), cos)
         radius = {"lsoftmax": x_norm * w_norm, "sphereface": x_norm}.get(mode, scale)
         logits = radius * ops.where(one_hot > 0, target, cos)
         return loss_fn(y, logits)
