@@ -166,13 +166,12 @@ def normalized_matmul(features, kernel, labels=None):
 def matmul_with_true_column_norms(features, kernel, labels):
     """(features @ kernel, its (B,) true-class entries, the (B,) norms ‖W_{y_b}‖), L-Softmax.
 
-    Hand-written exact gradient: the norms' gradient (W_y / ‖W_y‖ per sample, summed over
-    the samples of each class) is written into the B true columns of the matmul's kernel
-    gradient in place, where automatic differentiation of a column gather builds a
-    (classes, D) gradient, transposes it and adds it to the (D, classes) one.
+    Hand-written exact gradient: the norms' gradient is W_c·α_c for every column c (α_c the
+    sum of g_b / ‖W_c‖ over the samples of class c, scattered into a (classes,) vector),
+    a multiply and an add on the matmul's kernel gradient, where automatic differentiation
+    of the column gather builds a dense (classes, D) gradient, transposes it and adds it.
     """
     true_index = _true_index(labels)
-    same_class = ops.cast(ops.expand_dims(labels, 0) == ops.expand_dims(labels, 1), "float32")
 
     @ops.custom_gradient
     def forward(features, kernel):
@@ -188,18 +187,11 @@ def matmul_with_true_column_norms(features, kernel, labels):
             upstream = ops.scatter_update(
                 upstream, true_index, _entries(upstream, labels) + upstream_true
             )
-            kernel_gradient = ops.matmul(ops.transpose(features), upstream)
-            # d‖W_y‖ / dW_y = W_y / ‖W_y‖ (0 below the floor), summed per class
-            per_sample = columns * ops.where(
-                squared_norms > _NORM_EPSILON**2, upstream_norms / norms, 0.0
-            )
-            per_class = ops.matmul(per_sample, same_class)
-            rows = ops.repeat(ops.arange(ops.shape(kernel)[0], dtype="int32"), ops.shape(labels)[0])
-            column_index = ops.stack([rows, ops.tile(labels, [ops.shape(kernel)[0]])], axis=1)
-            updated = ops.take(kernel_gradient, labels, axis=1) + per_class
-            kernel_gradient = ops.scatter_update(
-                kernel_gradient, column_index, ops.reshape(updated, (-1,))
-            )
+            # d‖W_c‖ / dW_c = W_c / ‖W_c‖ (0 below the floor): column c gains W_c·α_c with
+            # α_c the sum of g_b / ‖W_c‖ over the samples of class c
+            per_sample = ops.where(squared_norms > _NORM_EPSILON**2, upstream_norms / norms, 0.0)
+            alpha = ops.scatter(ops.expand_dims(labels, 1), per_sample, (ops.shape(kernel)[1],))
+            kernel_gradient = ops.matmul(ops.transpose(features), upstream) + kernel * alpha
             return ops.matmul(upstream, ops.transpose(kernel)), kernel_gradient
 
         return (logits, _entries(logits, labels), norms), gradient
