@@ -117,6 +117,15 @@ def angular_margin(cos_theta, m1, m2, m3, easy_margin=False):
     return ops.where(theta > theta_b, beyond, target)
 
 
+def _custom_gradient(forward):
+    """`ops.custom_gradient`, except on PyTorch, where Keras' custom gradient takes a single
+    output: there autograd differentiates the same forward (the gradient is the same
+    function, only computed with more passes)."""
+    if keras.backend.backend() == "torch":
+        return lambda *args: forward(*args)[0]
+    return ops.custom_gradient(forward)
+
+
 def normalized_matmul(features, kernel, labels=None):
     """features @ (kernel / ‖kernel columns‖), with a hand-fused exact gradient.
 
@@ -135,7 +144,7 @@ def normalized_matmul(features, kernel, labels=None):
     """
     true_index = None if labels is None else _true_index(labels)
 
-    @ops.custom_gradient
+    @_custom_gradient
     def forward(features, kernel):
         norm = _l2_norm(kernel, 0)
         inverse_norm = 1.0 / norm
@@ -173,7 +182,7 @@ def matmul_with_true_column_norms(features, kernel, labels):
     """
     true_index = _true_index(labels)
 
-    @ops.custom_gradient
+    @_custom_gradient
     def forward(features, kernel):
         logits = ops.matmul(features, kernel)
         columns = ops.take(kernel, labels, axis=1)  # (D, B)
@@ -208,7 +217,7 @@ def curricular_reweight(logits, threshold, t, scale):
     """
     hard = logits > ops.expand_dims(threshold, 1)
 
-    @ops.custom_gradient
+    @_custom_gradient
     def reweight(logits):
         outputs = ops.where(hard, logits * (t + logits * (1.0 / scale)), logits)
 
