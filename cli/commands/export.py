@@ -76,7 +76,7 @@ def parity_faces(lfw_dir, representative, input_size):
 @click.option(
     "--lfw-dir",
     type=click.Path(file_okay=False),
-    help="LFW folder for the parity faces (default: $LFW_DIR).",
+    help="LFW folder for the parity faces (default: $LFW_DIR, then ~/.keras/datasets/lfw).",
 )
 def export(
     model_path,
