@@ -38,21 +38,36 @@ combined (1.0, 0.3, 0.2), curricularface 0.5) and s=64; normface s=30 (no margin
 scale keeps its softmax from saturating). sphereface has no scale by default (the feature
 norm ‖x‖ plays its role, as in the paper); giving one normalizes the features too.
 
-Efficiency: the kernel is never normalized element-wise; the matmul result is scaled by the
-inverse column norms, with a hand-fused exact gradient (`normalized_matmul`) that also
-hands out the B true-class logits. The margin (with its acos/cos) runs on those B values
+Unit class centres (`weight_normalization`, the modes with ‖W‖=1):
+- "projected" (default), as the original SphereFace Caffe layer: the kernel's columns are
+  kept at unit norm (the initializer is projected onto them and the kernel's constraint
+  renormalizes them after every optimizer step, as Keras optimizers apply constraints),
+  so the logits are a plain matmul and the kernel gradient is the plain featuresᵀG. Its
+  radial part is what the renormalization removes, so the step on the sphere equals the
+  exact one to first order in the learning rate.
+- "reparametrized", as PyTorch heads that call F.normalize: W / ‖W‖ is computed in every
+  call and the gradient is exact through it (its radial part removed). On the TensorFlow
+  CPU backend that costs about 20 % over a Dense head in forward+backward (the column
+  norms and the radial term are extra (D, C) and (B, C) passes), against about 5 % for
+  "projected", whose renormalization is part of the optimizer step instead.
+Either way the matmul has a hand-fused gradient (`matmul_with_true_logits`) that also
+hands out the B true-class logits; the margin (with its acos/cos) runs on those B values
 only and one scatter writes them back. All maths is float32, whatever the dtype policy.
 
 Partial FC (`sample_rate` r < 1, An et al., "Partial FC", 2021/2022): in training calls
 with labels, the logits are computed for the batch's positive classes plus uniformly
-sampled negatives, ceil(r·C) classes in all (at least the batch size); the other classes
-get a logit of −1e9, i.e. zero softmax probability, so the cross-entropy equals the one
-over the sampled classes. The matmul scales with r and the kernel gradient is zero outside
-the sampled columns (so plain SGD moves only those; momentum or weight decay in the
-optimizer still move the others, as in insightface's Partial FC v2). The (batch, classes)
-logit tensor is still materialized, so the layer keeps its contract with
-`SparseCategoricalCrossentropy`. r = 1 is exactly the full layer; inference calls and
-calls without `training=True` always use every class.
+sampled negatives, ceil(r·C) classes in all (at least the batch size), with the same
+margin maths; the loss is the cross-entropy over the sampled classes. The kernel gradient
+is zero outside the sampled columns, so plain SGD moves only those (momentum or weight
+decay in the optimizer still move the others, as in insightface's Partial FC v2). With
+output_mode="logits" the layer keeps its contract with `SparseCategoricalCrossentropy`: the
+unsampled classes get a logit of −1e9 (zero probability) in a (batch, classes) tensor,
+so only the matmul scales with r. With output_mode="loss" the layer returns the per-sample
+cross-entropy of the (batch, sampled) logits, and nothing of size batch × classes is
+built: memory and compute of the head scale with r·C (the kernel, its gradient and the
+optimizer state stay C-sized, sharded over devices by `margin_softmax_distribution`).
+r = 1 is exactly the full layer; inference calls and calls without `training=True`
+always use every class.
 """
 
 import math
@@ -76,11 +91,14 @@ _MODES = {
 _ALIASES = {"a-softmax": "sphereface", "am-softmax": "cosface"}
 _ANNEALED_MODES = ("lsoftmax", "sphereface")
 _ANGULAR_MODES = ("arcface", "combined", "curricularface")
+_WEIGHT_NORMALIZATIONS = ("projected", "reparametrized")
 
 # cos θ is clipped to [−1 + ε, 1 − ε] before acos, so d acos / d cos stays finite
 _COS_EPSILON = 1e-7
 # floor of ‖x‖ and ‖W_j‖: a zero vector gets a zero cosine and finite gradients
 _NORM_EPSILON = 1e-6
+# squared column norms this close to 1 count as unit (float32 rounding of a 512-d sum)
+_UNIT_TOLERANCE = 1e-5
 # logit of the classes Partial FC did not sample (zero probability after softmax)
 _UNSAMPLED_LOGIT = -1e9
 
@@ -126,16 +144,40 @@ def _custom_gradient(forward):
     return ops.custom_gradient(forward)
 
 
-def normalized_matmul(features, kernel, labels=None):
-    """features @ (kernel / ‖kernel columns‖), with a hand-fused exact gradient.
+def unit_columns(kernel):
+    """kernel / ‖kernel columns‖, the projection of weight_normalization="projected".
+
+    Columns already within float32 rounding of unit norm (|‖W_c‖² − 1| ≤ 1e-5) are left
+    bit-identical, so a column the optimizer step did not move stays as it was; a zero
+    column stays zero.
+    """
+    squared_norms = ops.square(_column_norms_without_gradient(kernel))
+    inverse_norms = ops.rsqrt(ops.maximum(squared_norms, _NORM_EPSILON**2))
+    return kernel * ops.where(ops.abs(squared_norms - 1.0) <= _UNIT_TOLERANCE, 1.0, inverse_norms)
+
+
+def _column_norms_without_gradient(kernel):
+    """‖kernel columns‖ for the projection (no gradient flows through it): TensorFlow's fused
+    Euclidean-norm reduction reads the (D, C) kernel once, where square + sum make an extra
+    (D, C) pass; other backends fuse or run the plain formula."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.reduce_euclidean_norm(kernel, axis=0)
+    return ops.sqrt(ops.sum(ops.square(kernel), axis=0))
+
+
+def matmul_with_true_logits(features, kernel, labels=None, normalize_columns=False):
+    """features @ kernel (columns normalized if asked), with a hand-fused exact gradient.
 
     With `labels` it returns (logits, true_logits): the (B,) entries logits[b, labels[b]],
     whose gradient is added into the logits' gradient in place (one scatter) instead of
     through a separate gather (a densified (B, C) gradient and a (B, C) sum).
 
-    Forward: the matmul's (B, C) result is scaled by the inverse column norms, so the
-    (D, C) kernel is only read (for its norms), never normalized element-wise. Backward,
-    with G the upstream gradient and L the output:
+    With `normalize_columns` (weight_normalization="reparametrized") the product is
+    features @ (kernel / ‖kernel columns‖): the matmul's (B, C) result is scaled by the
+    inverse column norms, so the (D, C) kernel is only read for its norms, never
+    normalized element-wise. Backward, with G the upstream gradient and L the output:
         d features = (G / ‖W‖) Wᵀ,
         d W = featuresᵀ (G / ‖W‖) − W · Σ_b(G ∘ L) / ‖W‖²,
     the exact gradient of the normalized product (the second term removes the radial
@@ -146,9 +188,11 @@ def normalized_matmul(features, kernel, labels=None):
 
     @_custom_gradient
     def forward(features, kernel):
-        norm = _l2_norm(kernel, 0)
-        inverse_norm = 1.0 / norm
-        logits = ops.matmul(features, kernel) * inverse_norm
+        logits = ops.matmul(features, kernel)
+        if normalize_columns:
+            norm = _l2_norm(kernel, 0)
+            inverse_norm = 1.0 / norm
+            logits = logits * inverse_norm
         outputs = logits if labels is None else (logits, _entries(logits, labels))
 
         def gradient(*args, upstream=None):
@@ -158,6 +202,11 @@ def normalized_matmul(features, kernel, labels=None):
                 upstream, upstream_true = upstream
                 upstream = ops.scatter_update(
                     upstream, true_index, _entries(upstream, labels) + upstream_true
+                )
+            if not normalize_columns:
+                return (
+                    ops.matmul(upstream, ops.transpose(kernel)),
+                    ops.matmul(ops.transpose(features), upstream),
                 )
             scaled = upstream * inverse_norm
             radial = ops.sum(upstream * logits, axis=0) * ops.square(inverse_norm)
@@ -179,14 +228,17 @@ def matmul_with_true_column_norms(features, kernel, labels):
     sum of g_b / ‖W_c‖ over the samples of class c, scattered into a (classes,) vector),
     a multiply and an add on the matmul's kernel gradient, where automatic differentiation
     of the column gather builds a dense (classes, D) gradient, transposes it and adds it.
+    (Adding W_c·α_c to the batch's columns only, by a scatter of D·B entries, is slower on
+    the TensorFlow CPU backend: element-wise scatters run far below memory speed.)
     """
     true_index = _true_index(labels)
 
     @_custom_gradient
     def forward(features, kernel):
         logits = ops.matmul(features, kernel)
-        columns = ops.take(kernel, labels, axis=1)  # (D, B)
-        squared_norms = ops.sum(ops.square(columns), axis=0)
+        # every column's norm in one read of the kernel, then the batch's (a strided gather
+        # of the (D, B) true columns costs more); the gradient below is written by hand
+        squared_norms = ops.take(ops.square(_column_norms_without_gradient(kernel)), labels)
         norms = ops.sqrt(ops.maximum(squared_norms, _NORM_EPSILON**2))
 
         def gradient(*args, upstream=None):
@@ -208,24 +260,45 @@ def matmul_with_true_column_norms(features, kernel, labels):
     return forward(features, kernel)
 
 
+def _fused(function):
+    """`function` compiled with XLA on the TensorFlow backend, so that its element-wise ops
+    make one pass over the (B, C) logits instead of one pass each (Keras runs TensorFlow on
+    CPU without XLA); JAX's jit fuses them already and PyTorch runs them as they are."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True)
+
+
+@_fused
+def _curricular_forward(logits, threshold, t, scale):
+    hard = logits > ops.expand_dims(threshold, 1)
+    return ops.where(hard, logits * (t + logits * (1.0 / scale)), logits)
+
+
+@_fused
+def _curricular_backward(upstream, logits, threshold, t, scale):
+    hard = logits > ops.expand_dims(threshold, 1)
+    return upstream * ops.where(hard, t + logits * (2.0 / scale), 1.0)
+
+
 def curricular_reweight(logits, threshold, t, scale):
     """CurricularFace on logits L = s cos θ: L (t + L/s) where L > threshold (B,), else L.
 
     The gradient is the autodiff one (none reaches `threshold` or `t`), hand-written as
-    G · where(hard, t + 2L/s, 1) so that the backward is four (B, C) passes instead of the
-    select, product and sum passes automatic differentiation of the expression takes.
+    G · where(hard, t + 2L/s, 1); forward and backward are each one fused pass over the
+    (B, C) logits.
     """
-    hard = logits > ops.expand_dims(threshold, 1)
+    threshold, t = ops.stop_gradient(threshold), ops.stop_gradient(t)
 
     @_custom_gradient
     def reweight(logits):
-        outputs = ops.where(hard, logits * (t + logits * (1.0 / scale)), logits)
-
         def gradient(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            return upstream * ops.where(hard, t + logits * (2.0 / scale), 1.0)
+            return _curricular_backward(upstream, logits, threshold, t, scale)
 
-        return outputs, gradient
+        return _curricular_forward(logits, threshold, t, scale), gradient
 
     return reweight(logits)
 
@@ -280,6 +353,15 @@ class MarginSoftmax(keras.layers.Layer):
         easy_margin: arcface/combined/curricularface only: margin only where cos θ_y > 0.
         t_momentum: curricularface: t ← momentum·t + (1 − momentum)·mean(cos θ_y).
         sample_rate: Partial FC fraction r ∈ (0, 1] of class centres used per training step.
+        weight_normalization: how ‖W‖=1 is kept in the modes that normalize W:
+            "projected" (None's default there: unit columns kept by a constraint, plain
+            matmul) or "reparametrized" (W / ‖W‖ in every call, exact gradient through
+            it); see the module docstring. None for softmax and lsoftmax.
+        output_mode: "logits" (train with SparseCategoricalCrossentropy(from_logits=True)) or
+            "loss": calls with labels return the per-sample cross-entropy (batch,) instead
+            (train with `precomputed_loss`); with `sample_rate` < 1 this loss comes from
+            the (batch, sampled) logits alone, so the (batch, num_classes) logit tensor is
+            never built and the head's memory and compute scale with r·C.
         kernel_initializer, kernel_regularizer: for `kernel` (feature_dim, num_classes).
         seed: seed of the Partial FC sampler.
         **kwargs: Keras layer arguments (name, dtype, ...). A mixed policy such as
@@ -290,8 +372,9 @@ class MarginSoftmax(keras.layers.Layer):
     `curricular_t`; both non-trainable, saved with the model.
 
     Call: `layer([features, labels])` → float32 logits (batch, num_classes) with the margin
-    on the true class (labels: integer class indices, shape (batch,) or (batch, 1));
-    `layer(features)` → the same logits without margin (inference, accuracy).
+    on the true class (labels: integer class indices, shape (batch,) or (batch, 1)), or
+    with output_mode="loss" their per-sample cross-entropy (batch,); `layer(features)` → the
+    logits without margin (inference, accuracy).
     """
 
     def __init__(
@@ -307,6 +390,8 @@ class MarginSoftmax(keras.layers.Layer):
         easy_margin=False,
         t_momentum=0.99,
         sample_rate=1.0,
+        weight_normalization=None,
+        output_mode="logits",
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
         seed=None,
@@ -357,6 +442,15 @@ class MarginSoftmax(keras.layers.Layer):
                 f"Expected sample_rate to be a number in (0, 1]. Received: {sample_rate!r}"
             )
         self.sample_rate = float(sample_rate)
+        self.weight_normalization = _check_weight_normalization(
+            self.mode, self.normalize_weights, weight_normalization
+        )
+        if output_mode not in ("logits", "loss"):
+            raise UserInputError(
+                "Expected output_mode to be 'logits' or 'loss'. "
+                f"Received: output_mode={output_mode!r}"
+            )
+        self.output_mode = output_mode
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.seed = seed
@@ -365,11 +459,18 @@ class MarginSoftmax(keras.layers.Layer):
     def build(self, input_shape):
         features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
         feature_dim = features_shape[-1]
+        projected = self.weight_normalization == "projected"
+        initializer = self.kernel_initializer
         self.kernel = self.add_weight(
             name="kernel",
             shape=(feature_dim, self.num_classes),
-            initializer=self.kernel_initializer,
+            initializer=(
+                (lambda shape, dtype=None: unit_columns(initializer(shape, dtype)))
+                if projected
+                else initializer
+            ),
             regularizer=self.kernel_regularizer,
+            constraint=unit_columns if projected else None,
         )
         self.bias = None
         if self.mode == "softmax":
@@ -382,6 +483,14 @@ class MarginSoftmax(keras.layers.Layer):
             self.curricular_t = self.add_weight(
                 name="curricular_t", shape=(), initializer="zeros", trainable=False
             )
+
+    def load_own_variables(self, store):
+        """Loads the weights; a `projected` kernel saved with other column norms (e.g. by
+        a "reparametrized" layer) is projected onto unit columns, which leaves its logits
+        unchanged."""
+        super().load_own_variables(store)
+        if self.weight_normalization == "projected":
+            self.kernel.assign(unit_columns(self.kernel))
 
     # ------------------------------------------------------------------ λ schedule
     def lambda_at(self, iteration):
@@ -446,11 +555,15 @@ class MarginSoftmax(keras.layers.Layer):
         if labels is None:
             return self._plain_logits(features, kernel, bias)[0]
         if training and self.sample_rate < 1.0:
-            logits = self._partial_fc_logits(features, labels, kernel, bias, training)
+            logits, targets, sampled = self._sampled_logits(features, labels, kernel, bias, training)
+            if self.output_mode == "logits":
+                logits, targets = _unsampled_filled(logits, sampled, self.num_classes), labels
         else:
-            logits = self._margin_logits(features, labels, kernel, bias, training)
+            logits, targets = self._margin_logits(features, labels, kernel, bias, training), labels
         if training:
             self.iterations.assign_add(1)
+        if self.output_mode == "loss":  # −log softmax(logits)[target], stable
+            return ops.logsumexp(logits, axis=1) - _entries(logits, targets)
         return logits
 
     def _plain_logits(self, features, kernel, bias, labels=None):
@@ -458,9 +571,10 @@ class MarginSoftmax(keras.layers.Layer):
         if self.normalize_features:
             features = features * ops.expand_dims(self.scale / _l2_norm(features, 1), 1)
         if self.normalize_weights:
+            reparametrized = self.weight_normalization == "reparametrized"
             if labels is None:
-                return normalized_matmul(features, kernel), None
-            return normalized_matmul(features, kernel, labels)
+                return matmul_with_true_logits(features, kernel, None, reparametrized), None
+            return matmul_with_true_logits(features, kernel, labels, reparametrized)
         logits = ops.matmul(features, kernel)
         if bias is not None:
             logits = logits + bias
@@ -485,8 +599,11 @@ class MarginSoftmax(keras.layers.Layer):
             logits = self._reweight_hard_negatives(logits, target_cos, cos_y, training)
         return ops.scatter_update(logits, _true_index(labels), radius * target_cos)
 
-    def _partial_fc_logits(self, features, labels, kernel, bias, training):
-        """Margin logits over the positives + sampled negatives; −1e9 elsewhere."""
+    def _sampled_logits(self, features, labels, kernel, bias, training):
+        """Partial FC: margin logits (B, S) over the positives + sampled negatives.
+
+        Returns them with the labels' columns among them (B,) and the sampled classes (S,).
+        """
         num_classes = self.num_classes
         batch_size = ops.shape(labels)[0]
         num_sampled = max(1, math.ceil(self.sample_rate * num_classes))
@@ -507,27 +624,28 @@ class MarginSoftmax(keras.layers.Layer):
         position = ops.scatter(
             ops.expand_dims(sampled, 1), ops.arange(num_sampled, dtype="int32"), (num_classes,)
         )
+        targets = ops.take(position, labels)
         sampled_logits = self._margin_logits(
             features,
-            ops.take(position, labels),
+            targets,
             ops.take(kernel, sampled, axis=1),
             None if bias is None else ops.take(bias, sampled),
             training,
         )
-        # class-major so that each sampled class is one contiguous row write
-        unsampled = ops.full((num_classes, batch_size), _UNSAMPLED_LOGIT, dtype="float32")
-        by_class = ops.scatter_update(
-            unsampled, ops.expand_dims(sampled, 1), ops.transpose(sampled_logits)
-        )
-        return ops.transpose(by_class)
+        return sampled_logits, targets, sampled
 
     def compute_output_shape(self, input_shape):
-        features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
-        return tuple(features_shape[:-1]) + (self.num_classes,)
+        if _is_pair_shape(input_shape):
+            batch_shape = tuple(input_shape[0][:-1])
+            return batch_shape if self.output_mode == "loss" else batch_shape + (self.num_classes,)
+        return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def compute_output_spec(self, inputs, training=None):
-        features = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        return keras.KerasTensor(self.compute_output_shape(features.shape), dtype="float32")
+        if isinstance(inputs, (list, tuple)):
+            shape = [tuple(tensor.shape) for tensor in inputs]
+        else:
+            shape = tuple(inputs.shape)
+        return keras.KerasTensor(self.compute_output_shape(shape), dtype="float32")
 
     def get_config(self):
         config = super().get_config()
@@ -544,12 +662,33 @@ class MarginSoftmax(keras.layers.Layer):
                 "easy_margin": self.easy_margin,
                 "t_momentum": self.t_momentum,
                 "sample_rate": self.sample_rate,
+                "weight_normalization": self.weight_normalization,
+                "output_mode": self.output_mode,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
                 "seed": self.seed,
             }
         )
         return config
+
+
+def _unsampled_filled(sampled_logits, sampled, num_classes):
+    """(B, C) logits: the sampled classes' columns from `sampled_logits`, −1e9 elsewhere."""
+    batch_size = ops.shape(sampled_logits)[0]
+    # class-major so that each sampled class is one contiguous row write
+    unsampled = ops.full((num_classes, batch_size), _UNSAMPLED_LOGIT, dtype="float32")
+    by_class = ops.scatter_update(
+        unsampled, ops.expand_dims(sampled, 1), ops.transpose(sampled_logits)
+    )
+    return ops.transpose(by_class)
+
+
+@keras.saving.register_keras_serializable(package="keras_sphereface")
+def precomputed_loss(y_true, y_pred):
+    """The loss for a model ending in `MarginSoftmax(output_mode="loss")`: its output already is
+    the per-sample cross-entropy, which Keras then averages (y_true is not used)."""
+    del y_true
+    return y_pred
 
 
 def _is_pair_shape(input_shape):
@@ -602,6 +741,25 @@ def _check_margin(mode, margin):
             f"Expected a margin m in [0, {upper:g}) for mode {mode!r}. Received: margin={margin!r}"
         )
     return float(margin)
+
+
+def _check_weight_normalization(mode, normalize_weights, value):
+    if not normalize_weights:
+        if value is not None:
+            raise UserInputError(
+                f"Expected weight_normalization=None for mode {mode!r} (its class centres "
+                f"are not normalized). Received: weight_normalization={value!r}"
+            )
+        return None
+    if value is None:
+        return "projected"
+    if value not in _WEIGHT_NORMALIZATIONS:
+        accepted = ", ".join(repr(v) for v in _WEIGHT_NORMALIZATIONS)
+        raise UserInputError(
+            f"Expected weight_normalization to be one of {accepted} or None. "
+            f"Received: weight_normalization={value!r}"
+        )
+    return value
 
 
 def _check_scale(mode, scale, default_scale):

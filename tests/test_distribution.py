@@ -35,6 +35,10 @@ def test_memory_per_device_counts_the_class_dependent_buffers():
     assert sizes["momentum"] == sizes["gradient"] == sizes["kernel"]
     assert sizes["logits"] == 1024 * per_device_classes * 4
     assert sizes["total"] == 3 * sizes["kernel"] + sizes["logits"]
+    # Partial FC with output_mode="loss": only the logits shrink, to r·C/N columns
+    partial = memory_per_device(2_000_000, 8, 1024, 512, sample_rate=0.1)
+    assert partial["logits"] == 1024 * (per_device_classes // 10) * 4
+    assert partial["kernel"] == sizes["kernel"] and partial["momentum"] == sizes["momentum"]
 
 
 @pytest.mark.multi_backend
@@ -107,10 +111,12 @@ def _build_model(sample_rate=1.0):
 def _initial_weights():
     """Fixed weights, so the sharded and the single-device model start equal."""
     rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(FEATURE_DIM, NUM_CLASSES))
     return {
         "backbone/kernel": rng.normal(size=(INPUT_DIM, FEATURE_DIM)).astype("float32"),
         "backbone/bias": rng.normal(size=(FEATURE_DIM,)).astype("float32"),
-        "margin_softmax/kernel": rng.normal(size=(FEATURE_DIM, NUM_CLASSES)).astype("float32"),
+        # the head keeps unit class centres (weight_normalization="projected")
+        "margin_softmax/kernel": (kernel / np.linalg.norm(kernel, axis=0)).astype("float32"),
     }
 
 

@@ -84,8 +84,12 @@ def problem(seed=0, batch=40):
 
 
 def built_layer(mode, w, b=None, **kwargs):
+    """The layer with kernel w; a "projected" kernel holds unit columns, so it gets w's
+    directions (the reference formulas normalize w anyway)."""
     layer = MarginSoftmax(w.shape[1], mode=mode, **kwargs)
     layer.build([(None, w.shape[0]), (None,)])
+    if layer.weight_normalization == "projected":
+        w = w / np.linalg.norm(w, axis=0)
     layer.kernel.assign(w)
     if b is not None and layer.bias is not None:
         layer.bias.assign(b)
@@ -147,11 +151,17 @@ DEFAULTS = {
 }
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_logits_match_numpy_formulas_with_paper_defaults(mode):
+NORMALIZED_MODES = tuple(m for m in ALL_MODES if m not in ("softmax", "lsoftmax"))
+MODES_AND_WEIGHT_NORMALIZATIONS = [(m, None) for m in ALL_MODES] + [
+    (m, "reparametrized") for m in NORMALIZED_MODES
+]
+
+
+@pytest.mark.parametrize("mode, weight_normalization", MODES_AND_WEIGHT_NORMALIZATIONS)
+def test_logits_match_numpy_formulas_with_paper_defaults(mode, weight_normalization):
     x, w, b, y = problem()
     margin, scale = DEFAULTS[mode]
-    layer = built_layer(mode, w, b)
+    layer = built_layer(mode, w, b, weight_normalization=weight_normalization)
     assert layer.margin == margin and layer.scale == scale
     got = keras.ops.convert_to_numpy(layer([x, y]))
     lam = 1000.0 if mode in ("lsoftmax", "sphereface") else 0.0
@@ -475,15 +485,27 @@ def test_partial_fc_gradient_and_sgd_update_touch_only_sampled_class_centres():
     assert set(y) <= set(changed) and len(changed) == batch
 
 
-@pytest.mark.parametrize("mode", ["normface", "sphereface", "arcface", "curricularface", "lsoftmax"])
-def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
-    """The layer's hand-written gradients against the backend's autodiff of the formula."""
+@pytest.mark.parametrize(
+    "mode, weight_normalization",
+    [(m, wn) for m in ("normface", "sphereface", "arcface", "curricularface")
+     for wn in ("projected", "reparametrized")] + [("lsoftmax", None)],
+)
+def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode, weight_normalization):
+    """The layer's hand-written gradients against the backend's autodiff of the formula.
+
+    "reparametrized": the exact gradient through W / ‖W‖ (unequal column norms).
+    "projected": the kernel holds unit columns and its gradient is the formula's with
+    ‖W‖ held constant (the radial part stays in; the constraint's renormalization removes
+    it after the optimizer step), so it differs from the exact one."""
     x, w, b, y = problem(seed=6)
     cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
     theta = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
     inside = (theta > 0.05) & (theta < np.pi - 0.6)  # away from the clip and the θ_b rule
     x, y = x[inside], y[inside]
-    layer = built_layer(mode, w)
+    projected = weight_normalization == "projected"
+    if projected:
+        w = w / np.linalg.norm(w, axis=0)
+    layer = built_layer(mode, w, weight_normalization=weight_normalization)
     _, grad_x, grad_w = loss_and_gradients(layer, x, y)
     ops = keras.ops
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -491,6 +513,8 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
 
     def plain_loss(x, w):
         w_norm = ops.sqrt(ops.sum(w * w, axis=0, keepdims=True))
+        if projected:
+            w_norm = ops.stop_gradient(w_norm)
         x_norm = ops.sqrt(ops.sum(x * x, axis=1, keepdims=True))
         cos = ops.matmul(x / x_norm, w / w_norm)
         one_hot = ops.one_hot(y, NUM_CLASSES)
@@ -532,3 +556,155 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode):
         want_x, want_w = xt.grad, wt.grad
     np.testing.assert_allclose(grad_x, ops.convert_to_numpy(want_x), rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(grad_w, ops.convert_to_numpy(want_w), rtol=1e-3, atol=1e-5)
+    if projected:  # the radial part is really there: the kernel gradient is not tangential
+        radial = np.abs(np.sum(grad_w * w, axis=0))
+        assert radial.max() > 1e-3 * np.abs(grad_w).max()
+
+
+# ---------------------------------------------------------------------- output_mode="loss" (issue 9)
+def numpy_cross_entropy(logits, y):
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+    return log_sum - logits[np.arange(len(y)), y]
+
+
+@pytest.mark.parametrize("mode", ["sphereface", "arcface", "curricularface", "softmax"])
+def test_loss_output_is_the_cross_entropy_of_the_margin_logits(mode):
+    x, w, b, y = problem()
+    margin, scale = DEFAULTS[mode]
+    layer = built_layer(mode, w, b, output_mode="loss")
+    got = keras.ops.convert_to_numpy(layer([x, y]))
+    lam = 1000.0 if mode == "sphereface" else 0.0
+    want = numpy_cross_entropy(reference_logits(mode, x, w, b, y, margin, scale, lam=lam), y)
+    assert got.shape == (len(x),)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # inference without labels still gives the (batch, classes) logits
+    assert keras.ops.convert_to_numpy(layer(x)).shape == (len(x), NUM_CLASSES)
+
+
+@pytest.mark.parametrize("mode", ["cosface", "sphereface"])
+def test_partial_fc_loss_output_equals_the_masked_logits_path(mode):
+    """Same seed, same sampled classes: output_mode="loss" gives the cross-entropy of the
+    (batch, classes) logits with −1e9 outside the sample, and the same gradients."""
+    rng = np.random.default_rng(7)
+    num_classes, batch = 80, 12
+    w = rng.standard_normal((5, num_classes)).astype(np.float32)
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
+    x = rng.standard_normal((batch, 5)).astype(np.float32)
+    as_logits = built_layer(mode, w, sample_rate=0.3, seed=5)
+    as_loss = built_layer(mode, w, sample_rate=0.3, seed=5, output_mode="loss")
+    logits = keras.ops.convert_to_numpy(as_logits([x, y], training=True))
+    losses = keras.ops.convert_to_numpy(as_loss([x, y], training=True))
+    assert (logits == -1e9).any(axis=1).all()  # the sample really left classes out
+    np.testing.assert_allclose(losses, numpy_cross_entropy(logits, y), rtol=1e-4, atol=1e-4)
+    # the next step samples again, identically in both layers; gradients agree
+    loss_a, grad_x_a, grad_w_a = loss_and_gradients(as_logits, x, y)
+    grads = _loss_output_gradients(as_loss, x, y)
+    np.testing.assert_allclose(grads[0], loss_a, rtol=1e-5)
+    np.testing.assert_allclose(grads[1], grad_x_a, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads[2], grad_w_a, rtol=1e-4, atol=1e-6)
+
+
+def _loss_output_gradients(layer, x, y):
+    """Mean of an output_mode="loss" layer's per-sample losses, and its gradients (x, kernel)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = keras.ops.mean(layer([x, y], training=True))
+        grad_x, grad_w = tape.gradient(loss, [x, layer.kernel.value])
+    elif backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        index = next(i for i, v in enumerate(layer.trainable_variables) if v is layer.kernel)
+
+        def loss_of(trainable, x):
+            losses, _ = layer.stateless_call(trainable, non_trainable, [x, y], training=True)
+            return keras.ops.mean(losses)
+
+        loss, (grads, grad_x) = jax.value_and_grad(loss_of, argnums=(0, 1))(trainable, x)
+        grad_w = grads[index]
+    else:
+        pytest.skip(f"no gradient helper for backend {backend}")
+    return tuple(float(keras.ops.convert_to_numpy(loss)) if i == 0 else keras.ops.convert_to_numpy(v)
+                 for i, v in enumerate((loss, grad_x, grad_w)))
+
+
+def test_loss_output_trains_with_precomputed_loss_and_round_trips(tmp_path):
+    from keras_sphereface.margins import precomputed_loss
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 6)) * 3.0
+    y = rng.integers(0, 40, 512).astype(np.int32)
+    x = (centres[y] + rng.standard_normal((512, 6))).astype(np.float32)
+    features = keras.Input((6,))
+    labels = keras.Input((), dtype="int32")
+    embedding = keras.layers.Dense(8)(features)
+    head = MarginSoftmax(40, mode="cosface", scale=16.0, sample_rate=0.25, seed=0,
+                         output_mode="loss", name="head")
+    losses = head([embedding, labels])
+    assert tuple(losses.shape) == (None,)
+    model = keras.Model([features, labels], losses)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=precomputed_loss)
+    history = model.fit([x, y], y, batch_size=32, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0], history.history
+    path = tmp_path / "partial_fc.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored([x[:16], y[:16]])),
+        keras.ops.convert_to_numpy(model([x[:16], y[:16]])),
+        rtol=1e-6,
+    )
+    assert restored.get_layer("head").get_config() == head.get_config()
+
+
+def test_partial_fc_loss_output_memory_scales_with_the_sample():
+    """XLA's own accounting of the compiled loss + gradient (JAX): with output_mode="loss" the
+    temporaries hold (batch, sampled) logits, not (batch, classes) ones."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("XLA memory analysis of a jitted step: JAX backend")
+    import jax
+
+    num_classes, batch, dim = 20_000, 256, 8
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
+
+    def temporary_bytes(**options):
+        layer = MarginSoftmax(num_classes, mode="cosface", seed=0, **options)
+        layer.build([(None, dim), (None,)])
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def loss_of(trainable, x):
+            outputs, _ = layer.stateless_call(trainable, non_trainable, [x, y], training=True)
+            return keras.ops.mean(outputs) if layer.output_mode == "loss" else loss_fn(y, outputs)
+
+        trainable = [v.value for v in layer.trainable_variables]
+        compiled = jax.jit(jax.grad(loss_of)).lower(trainable, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    masked = temporary_bytes(sample_rate=0.05)
+    sampled = temporary_bytes(sample_rate=0.05, output_mode="loss")
+    full = temporary_bytes()
+    logits_bytes = batch * num_classes * 4
+    assert masked >= logits_bytes and full >= logits_bytes  # (batch, classes) buffers
+    assert sampled < 0.25 * logits_bytes, (sampled, masked, full)
+
+
+def test_invalid_output_and_weight_normalization_are_refused():
+    with pytest.raises(UserInputError, match="Expected output_mode") as info:
+        MarginSoftmax(10, output_mode="probabilities")
+    assert "Received: output_mode='probabilities'" in str(info.value)
+    with pytest.raises(UserInputError, match="weight_normalization=None for mode 'softmax'"):
+        MarginSoftmax(10, mode="softmax", weight_normalization="projected")
+    with pytest.raises(UserInputError, match="Received: weight_normalization='unit'"):
+        MarginSoftmax(10, mode="cosface", weight_normalization="unit")
