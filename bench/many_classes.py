@@ -1,7 +1,8 @@
 """Throughput and peak memory of a sphere20 training step as the identities grow.
 
 For C in 10k, 100k, 1M, 2M identities and for the full softmax and Partial FC
-(`sample_rate` 0.1): images/s of `model.fit` steps (sphere20 + MarginSoftmax CosFace, SGD
+(`sample_rate` 0.1, with `output_mode="loss"`, so no (batch, C) logit tensor is built):
+images/s of `model.fit` steps (sphere20 + MarginSoftmax CosFace, SGD
 with momentum 0.9, batch 256, 112×96 uint8 images, jit-compiled, Keras on the JAX backend)
 and the peak memory, each configuration in a fresh process (the peak is per process, and a
 configuration that runs out of memory does not take the others down). Peak memory is
@@ -63,6 +64,7 @@ def run_configuration(args, num_classes, sample_rate):
 
     from keras_sphereface.backbones import get_backbone
     from keras_sphereface.distribution import margin_softmax_distribution, memory_per_device
+    from keras_sphereface.margins import precomputed_loss
     from keras_sphereface.models import build_training_model
 
     keras.mixed_precision.set_global_policy(args.policy)
@@ -90,18 +92,26 @@ def run_configuration(args, num_classes, sample_rate):
     labels = rng.integers(0, num_classes, count).astype("int32")
     with scope:
         backbone = get_backbone("sphere20", width_multiplier=args.width)
+        partial_fc = sample_rate < 1.0
         model = build_training_model(
-            backbone, num_classes, mode="cosface", sample_rate=sample_rate, seed=0
+            backbone, num_classes, mode="cosface", sample_rate=sample_rate, seed=0,
+            output_mode="loss" if partial_fc else "logits",
         )
         model.compile(
             optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=(
+                precomputed_loss
+                if partial_fc
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            ),
             jit_compile=True,
         )
         timer = StepTimer()
         model.fit({"images": images, "labels": labels}, labels, batch_size=args.batch,
                   epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-    estimate = memory_per_device(num_classes, len(devices), args.batch)["total"]
+    estimate = memory_per_device(
+        num_classes, len(devices), args.batch, sample_rate=sample_rate
+    )["total"]
     peak, memory_kind = _peak_memory_bytes(len(devices))
     return {
         "classes": num_classes,

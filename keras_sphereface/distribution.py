@@ -62,21 +62,23 @@ def margin_softmax_distribution(num_classes, devices=None, layer_name="margin_so
 
 
 def memory_per_device(
-    num_classes, num_devices=1, batch_size=256, feature_dim=512, bytes_per_value=4
+    num_classes, num_devices=1, batch_size=256, feature_dim=512, bytes_per_value=4,
+    sample_rate=1.0,
 ):
     """Bytes per device of the margin head under `margin_softmax_distribution`.
 
     kernel = D·C/N values; SGD momentum and the gradient the same size each; one logit
-    buffer B·C/N for the global batch B (the features are all-gathered). Partial FC
-    (`sample_rate`) changes none of these: MarginSoftmax still materializes the B × C logits
-    and the gradient of the gathered columns is dense. Not counted: the backbone, activations
-    and XLA's further logit-sized temporaries of the softmax.
+    buffer B·C/N for the global batch B (the features are all-gathered). `sample_rate` r is
+    that of a Partial FC head with output_mode="loss": its logits are B·r·C/N (with
+    output_mode="logits" the head builds B × C logits whatever r: leave r at 1). The kernel,
+    its gradient (dense over the gathered columns) and the momentum stay C-sized. Not
+    counted: the backbone, activations and XLA's further logit-sized temporaries.
 
     Returns a dict of bytes: kernel, momentum, gradient, logits, total.
     """
     classes_per_device = math.ceil(num_classes / num_devices)
     kernel = feature_dim * classes_per_device * bytes_per_value
-    logits = batch_size * classes_per_device * bytes_per_value
+    logits = batch_size * math.ceil(sample_rate * classes_per_device) * bytes_per_value
     sizes = {"kernel": kernel, "momentum": kernel, "gradient": kernel, "logits": logits}
     sizes["total"] = sum(sizes.values())
     return sizes

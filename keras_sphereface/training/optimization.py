@@ -20,30 +20,68 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
     Every trainable variable is decayed (weights, biases and PReLU slopes), as Caffe's
     default `decay_mult: 1` does.
 
+    Partial FC (`MarginSoftmax(sample_rate=r)`): a class centre that was not sampled gets a
+    zero gradient column, but momentum and weight decay would still move it. For the
+    variables named in `sampled_columns`, a column whose gradient is all zero keeps its
+    value and its momentum (only the sampled centres are updated, as in Partial FC v1).
+
     Args:
         coupled_weight_decay: wd ≥ 0 (paper: 5e-4).
+        sampled_columns: fragments of variable paths (e.g. ("margin_softmax/kernel",))
+            whose columns are updated only where their gradient is non-zero.
         learning_rate, momentum, nesterov, **kwargs: as `keras.optimizers.SGD`.
     """
 
     def __init__(
-        self, learning_rate=0.1, momentum=0.9, coupled_weight_decay=5e-4, nesterov=False, **kwargs
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        coupled_weight_decay=5e-4,
+        nesterov=False,
+        sampled_columns=(),
+        **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, **kwargs)
         if not coupled_weight_decay >= 0:
             raise ValueError(f"Expected coupled_weight_decay >= 0. Received: {coupled_weight_decay}")
+        if isinstance(sampled_columns, str) or not all(
+            isinstance(name, str) for name in sampled_columns
+        ):
+            raise ValueError(
+                "Expected sampled_columns to be a list of variable path fragments. "
+                f"Received: {sampled_columns!r}"
+            )
         self.coupled_weight_decay = float(coupled_weight_decay)
+        self.sampled_columns = tuple(sampled_columns)
 
     def update_step(self, gradient, variable, learning_rate):
+        gradient = ops.cast(gradient, variable.dtype)
+        sampled = None
+        # TensorFlow hands the backend variable here: its Keras variable has the path
+        path = self._trainable_variables[self._get_variable_index(variable)].path
+        if len(variable.shape) == 2 and any(name in path for name in self.sampled_columns):
+            sampled = ops.any(ops.not_equal(gradient, 0.0), axis=0)  # before the decay term
         if self.coupled_weight_decay:
             gradient = ops.add(
-                ops.cast(gradient, variable.dtype),
-                ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable),
+                gradient, ops.multiply(ops.cast(self.coupled_weight_decay, variable.dtype), variable)
             )
-        super().update_step(gradient, variable, learning_rate)
+        if sampled is None:
+            return super().update_step(gradient, variable, learning_rate)
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        step = ops.multiply(gradient, -learning_rate)
+        if self.momentum != 0:
+            m = self.momentums[self._get_variable_index(variable)]
+            old_m = ops.convert_to_tensor(m)
+            momentum = ops.cast(self.momentum, variable.dtype)
+            new_m = ops.add(ops.multiply(old_m, momentum), step)
+            self.assign(m, ops.where(sampled, new_m, old_m))
+            step = ops.add(ops.multiply(new_m, momentum), step) if self.nesterov else new_m
+        self.assign_add(variable, ops.where(sampled, step, 0.0))
 
     def get_config(self):
         config = super().get_config()
         config["coupled_weight_decay"] = self.coupled_weight_decay
+        config["sampled_columns"] = list(self.sampled_columns)
         return config
 
 
