@@ -68,7 +68,7 @@ def _run_worker(worker, backend, extra_env):
 def test_jax_sharded_kernel_matches_single_device():
     pytest.importorskip("jax")
     out = _run_worker("jax", "jax", EIGHT_CPU_DEVICES)
-    assert "jax sharded == single device: sample_rate=1.0, 0.5" in out
+    assert "jax sharded == single device: sample_rate=1.0, 0.5, 0.5 with output_mode='loss'" in out
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def _data(seed=0):
     return inputs, labels
 
 
-def _build_model(sample_rate=1.0):
+def _build_model(sample_rate=1.0, output_mode="logits"):
     """inputs → Dense (a stand-in backbone) → MarginSoftmax (CosFace) → logits."""
     import keras
 
@@ -103,7 +103,7 @@ def _build_model(sample_rate=1.0):
     features = keras.layers.Dense(FEATURE_DIM, name="backbone")(inputs)
     logits = MarginSoftmax(
         NUM_CLASSES, mode="cosface", margin=MARGIN, scale=SCALE, sample_rate=sample_rate, seed=7,
-        name="margin_softmax",
+        output_mode=output_mode, name="margin_softmax",
     )([features, labels])
     return keras.Model({"inputs": inputs, "labels": labels}, logits)
 
@@ -115,7 +115,7 @@ def _initial_weights():
     return {
         "backbone/kernel": rng.normal(size=(INPUT_DIM, FEATURE_DIM)).astype("float32"),
         "backbone/bias": rng.normal(size=(FEATURE_DIM,)).astype("float32"),
-        # the head keeps unit class centres (weight_normalization="projected")
+        # unit class centres: what a weight_normalization="projected" head holds
         "margin_softmax/kernel": (kernel / np.linalg.norm(kernel, axis=0)).astype("float32"),
     }
 
@@ -157,22 +157,25 @@ def _jax_loss_and_gradients(model, inputs, labels):
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
 
+    def mean_loss(outputs, labels):  # output_mode="loss" already gives per-sample losses
+        if head.output_mode == "loss":
+            return keras.ops.mean(outputs)
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
+        )
+
     def model_loss(trainable, inputs, labels):
-        logits, _ = model.stateless_call(
+        outputs, _ = model.stateless_call(
             trainable, non_trainable, {"inputs": inputs, "labels": labels}, training=True
         )
-        return keras.ops.mean(
-            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        )
+        return mean_loss(outputs, labels)
 
     def head_loss(features, labels):
         head_state = [v.value for v in head.non_trainable_variables]
-        logits, _ = head.stateless_call(
+        outputs, _ = head.stateless_call(
             [head.kernel.value], head_state, [features, labels], training=True
         )
-        return keras.ops.mean(
-            keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        )
+        return mean_loss(outputs, labels)
 
     loss, grads = jax.jit(jax.value_and_grad(model_loss))(trainable, inputs, labels)
     features = backbone(inputs)
@@ -189,16 +192,19 @@ def _jax_worker():
     devices = keras.distribution.list_devices()
     assert len(devices) == 8, devices
     inputs, labels = _data()
-    for sample_rate in (1.0, 0.5):
-        single = _build_model(sample_rate)
+    sampled_losses = []
+    for sample_rate, output_mode in ((1.0, "logits"), (0.5, "logits"), (0.5, "loss")):
+        single = _build_model(sample_rate, output_mode)
         _set_weights(single)
         expected = _jax_loss_and_gradients(single, inputs, labels)
         if sample_rate == 1.0:
             _assert_close("loss vs NumPy", expected[0], _numpy_cosface_loss(inputs, labels))
+        else:  # the same seed samples the same classes: both output modes, one loss
+            sampled_losses.append(expected[0])
 
         distribution = margin_softmax_distribution(NUM_CLASSES, devices=devices)
         with distribution.scope():
-            sharded = _build_model(sample_rate)
+            sharded = _build_model(sample_rate, output_mode)
             _set_weights(sharded)
             kernel = sharded.get_layer("margin_softmax").kernel.value
             # the class axis is split in 8 contiguous slices, one per device
@@ -219,15 +225,17 @@ def _jax_worker():
                 jax.device_put(inputs, distribution.get_data_layout(inputs.shape).backend_layout),
                 jax.device_put(labels, data_layout),
             )
-        _assert_close(f"loss r={sample_rate}", actual[0], expected[0])
+        name = f"r={sample_rate} {output_mode}"
+        _assert_close(f"loss {name}", actual[0], expected[0])
         for path, grad in expected[1].items():
-            _assert_close(f"d loss / d {path}, r={sample_rate}", actual[1][path], grad)
-        _assert_close(f"d loss / d features, r={sample_rate}", actual[2], expected[2])
-        if sample_rate < 1.0:  # the sampler really dropped classes (−1e9 logits)
+            _assert_close(f"d loss / d {path}, {name}", actual[1][path], grad)
+        _assert_close(f"d loss / d features, {name}", actual[2], expected[2])
+        if sample_rate < 1.0 and output_mode == "logits":  # classes really dropped (−1e9)
             logits = single({"inputs": inputs, "labels": labels}, training=True)
             assert np.mean(np.asarray(logits) < -1e8) > 0.3
+    _assert_close("sampled loss, logits vs loss output", sampled_losses[1], sampled_losses[0])
     _jax_fit_step_matches(inputs, labels, devices)
-    print("jax sharded == single device: sample_rate=1.0, 0.5")
+    print("jax sharded == single device: sample_rate=1.0, 0.5, 0.5 with output_mode='loss'")
 
 
 def _compiled_head_bytes(mode, sample_rate, distribution=None):

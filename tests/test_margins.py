@@ -97,9 +97,14 @@ def built_layer(mode, w, b=None, **kwargs):
 
 
 def loss_and_gradients(layer, x, y):
-    """Cross-entropy on the layer's training logits and its gradients w.r.t. (x, kernel)."""
+    """Cross-entropy on the layer's training logits (or the mean of its per-sample losses
+    with output_mode="loss") and its gradients w.r.t. (x, kernel)."""
     backend = keras.backend.backend()
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss_fn(y, outputs):
+        return keras.ops.mean(outputs) if layer.output_mode == "loss" else cross_entropy(y, outputs)
+
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -153,7 +158,7 @@ DEFAULTS = {
 
 NORMALIZED_MODES = tuple(m for m in ALL_MODES if m not in ("softmax", "lsoftmax"))
 MODES_AND_WEIGHT_NORMALIZATIONS = [(m, None) for m in ALL_MODES] + [
-    (m, "reparametrized") for m in NORMALIZED_MODES
+    (m, "projected") for m in NORMALIZED_MODES
 ]
 
 
@@ -332,18 +337,26 @@ def test_get_config_covers_every_argument():
     assert config["margin"] == [0.9, 0.4, 0.1] and config["easy_margin"] is True
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-def test_tiny_fit_loss_falls(mode):
-    keras.utils.set_random_seed(0)  # the Dense initialization and fit's shuffling
+def clustered_features(num_classes, count):
+    """6-d points around one centre per class; also seeds Keras (Dense init, fit's shuffling)."""
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(3)
-    centres = rng.standard_normal((4, 6)) * 3.0
-    y = rng.integers(0, 4, 256).astype(np.int32)
-    x = (centres[y] + rng.standard_normal((256, 6))).astype(np.float32)
+    centres = rng.standard_normal((num_classes, 6)) * 3.0
+    y = rng.integers(0, num_classes, count).astype(np.int32)
+    return (centres[y] + rng.standard_normal((count, 6))).astype(np.float32), y
+
+
+def model_with_head(head):
+    """[features (6-d), labels] → Dense(8) → head."""
     features = keras.Input((6,))
     labels = keras.Input((), dtype="int32")
-    embedding = keras.layers.Dense(8)(features)
-    logits = MarginSoftmax(4, mode=mode, seed=0)([embedding, labels])
-    model = keras.Model([features, labels], logits)
+    return keras.Model([features, labels], head([keras.layers.Dense(8)(features), labels]))
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_tiny_fit_loss_falls(mode):
+    x, y = clustered_features(4, 256)
+    model = model_with_head(MarginSoftmax(4, mode=mode, seed=0))
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -354,6 +367,30 @@ def test_tiny_fit_loss_falls(mode):
     assert losses[-1] < 0.7 * losses[0], losses
     head = model.layers[-1]
     assert int(head.iterations.numpy()) == 4 * 8  # once per step
+
+
+def test_projected_kernel_stays_on_unit_columns_through_fit_and_loading(tmp_path):
+    x, y = clustered_features(4, 256)
+    head = MarginSoftmax(4, mode="arcface", scale=16.0, weight_normalization="projected",
+                         name="head")
+    model = model_with_head(head)
+    unit = lambda w: np.linalg.norm(keras.ops.convert_to_numpy(w), axis=0)  # noqa: E731
+    np.testing.assert_allclose(unit(head.kernel), 1.0, atol=1e-5)  # projected initializer
+    before = keras.ops.convert_to_numpy(head.kernel).copy()
+    model.compile(keras.optimizers.SGD(0.5, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit([x, y], y, batch_size=32, epochs=2, verbose=0)
+    after = keras.ops.convert_to_numpy(head.kernel)
+    assert np.abs(after - before).max() > 0.05  # it trained
+    np.testing.assert_allclose(unit(after), 1.0, atol=1e-5)  # the constraint renormalized
+    # a kernel saved with other norms comes back projected, with the same logits
+    rng = np.random.default_rng(0)
+    head.kernel.assign(after * rng.uniform(0.3, 3.0, 4).astype(np.float32))
+    path = tmp_path / "projected.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path).get_layer("head")
+    np.testing.assert_allclose(unit(restored.kernel), 1.0, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored.kernel), after, atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -600,58 +637,20 @@ def test_partial_fc_loss_output_equals_the_masked_logits_path(mode):
     np.testing.assert_allclose(losses, numpy_cross_entropy(logits, y), rtol=1e-4, atol=1e-4)
     # the next step samples again, identically in both layers; gradients agree
     loss_a, grad_x_a, grad_w_a = loss_and_gradients(as_logits, x, y)
-    grads = _loss_output_gradients(as_loss, x, y)
-    np.testing.assert_allclose(grads[0], loss_a, rtol=1e-5)
-    np.testing.assert_allclose(grads[1], grad_x_a, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(grads[2], grad_w_a, rtol=1e-4, atol=1e-6)
-
-
-def _loss_output_gradients(layer, x, y):
-    """Mean of an output_mode="loss" layer's per-sample losses, and its gradients (x, kernel)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = keras.ops.mean(layer([x, y], training=True))
-        grad_x, grad_w = tape.gradient(loss, [x, layer.kernel.value])
-    elif backend == "jax":
-        import jax
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-        index = next(i for i, v in enumerate(layer.trainable_variables) if v is layer.kernel)
-
-        def loss_of(trainable, x):
-            losses, _ = layer.stateless_call(trainable, non_trainable, [x, y], training=True)
-            return keras.ops.mean(losses)
-
-        loss, (grads, grad_x) = jax.value_and_grad(loss_of, argnums=(0, 1))(trainable, x)
-        grad_w = grads[index]
-    else:
-        pytest.skip(f"no gradient helper for backend {backend}")
-    return tuple(float(keras.ops.convert_to_numpy(loss)) if i == 0 else keras.ops.convert_to_numpy(v)
-                 for i, v in enumerate((loss, grad_x, grad_w)))
+    loss_b, grad_x_b, grad_w_b = loss_and_gradients(as_loss, x, y)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    np.testing.assert_allclose(grad_x_b, grad_x_a, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_w_b, grad_w_a, rtol=1e-4, atol=1e-6)
 
 
 def test_loss_output_trains_with_precomputed_loss_and_round_trips(tmp_path):
     from keras_sphereface.margins import precomputed_loss
 
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(3)
-    centres = rng.standard_normal((40, 6)) * 3.0
-    y = rng.integers(0, 40, 512).astype(np.int32)
-    x = (centres[y] + rng.standard_normal((512, 6))).astype(np.float32)
-    features = keras.Input((6,))
-    labels = keras.Input((), dtype="int32")
-    embedding = keras.layers.Dense(8)(features)
+    x, y = clustered_features(40, 512)
     head = MarginSoftmax(40, mode="cosface", scale=16.0, sample_rate=0.25, seed=0,
                          output_mode="loss", name="head")
-    losses = head([embedding, labels])
-    assert tuple(losses.shape) == (None,)
-    model = keras.Model([features, labels], losses)
+    model = model_with_head(head)
+    assert tuple(model.output.shape) == (None,)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=precomputed_loss)
     history = model.fit([x, y], y, batch_size=32, epochs=4, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0], history.history

@@ -64,7 +64,8 @@ def test_sampled_columns_keep_unsampled_centres_and_their_momentum():
     assert CoupledWeightDecaySGD.from_config(optimizer.get_config()).sampled_columns == ("kernel",)
 
 
-def test_partial_fc_fit_moves_only_the_sampled_class_centres():
+@pytest.mark.parametrize("weight_normalization", ["reparametrized", "projected"])
+def test_partial_fc_fit_moves_only_the_sampled_class_centres(weight_normalization):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
     num_classes, batch = 400, 16
@@ -72,7 +73,8 @@ def test_partial_fc_fit_moves_only_the_sampled_class_centres():
     y = rng.integers(0, num_classes, batch).astype(np.int32)
     features = keras.Input((6,))
     labels = keras.Input((), dtype="int32")
-    head = MarginSoftmax(num_classes, mode="cosface", sample_rate=0.1, seed=0, name="head")
+    head = MarginSoftmax(num_classes, mode="cosface", sample_rate=0.1, seed=0, name="head",
+                         weight_normalization=weight_normalization)
     model = keras.Model([features, labels], head([features, labels]))
     model.compile(
         CoupledWeightDecaySGD(0.1, momentum=0.9, sampled_columns=("head/kernel",)),
