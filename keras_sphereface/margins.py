@@ -155,20 +155,22 @@ def unit_columns(kernel):
     bit-identical, so a column the optimizer step did not move stays as it was; a zero
     column stays zero.
     """
-    squared_norms = ops.square(_column_norms_without_gradient(kernel))
-    inverse_norms = ops.rsqrt(ops.maximum(squared_norms, _NORM_EPSILON**2))
-    return kernel * ops.where(ops.abs(squared_norms - 1.0) <= _UNIT_TOLERANCE, 1.0, inverse_norms)
+    norms = _column_norms(kernel)
+    unit = ops.abs(ops.square(norms) - 1.0) <= _UNIT_TOLERANCE
+    return kernel * ops.where(unit, 1.0, 1.0 / norms)
 
 
-def _column_norms_without_gradient(kernel):
-    """‖kernel columns‖ for the projection (no gradient flows through it): TensorFlow's fused
-    Euclidean-norm reduction reads the (D, C) kernel once, where square + sum make an extra
-    (D, C) pass; other backends fuse or run the plain formula."""
+def _column_norms(kernel):
+    """max(‖kernel columns‖, ε), where no automatic differentiation needs to flow through
+    them (the projection, and forwards whose gradient is written by hand). On TensorFlow the
+    fused Euclidean-norm reduction reads the (D, C) kernel once, where square + sum make an
+    extra (D, C) pass; elsewhere `_l2_norm`, whose floor sits under the square root because
+    PyTorch differentiates the hand-written forwards with autograd."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.math.reduce_euclidean_norm(kernel, axis=0)
-    return ops.sqrt(ops.sum(ops.square(kernel), axis=0))
+        return ops.maximum(tf.math.reduce_euclidean_norm(kernel, axis=0), _NORM_EPSILON)
+    return _l2_norm(kernel, 0)
 
 
 def _fused(function):
@@ -204,8 +206,8 @@ def matmul_with_true_logits(features, kernel, labels=None, normalize_columns=Fal
     @_custom_gradient
     def forward(features, kernel):
         logits = ops.matmul(features, kernel)
-        if normalize_columns:  # the gradient below is written by hand: no autodiff of norm
-            norm = ops.maximum(_column_norms_without_gradient(kernel), _NORM_EPSILON)
+        if normalize_columns:
+            norm = _column_norms(kernel)
             inverse_norm = 1.0 / norm
             logits = logits * inverse_norm
         outputs = logits if labels is None else (logits, _entries(logits, labels))
@@ -263,8 +265,7 @@ def matmul_with_true_column_norms(features, kernel, labels):
         logits = ops.matmul(features, kernel)
         # every column's norm in one read of the kernel, then the batch's (a strided gather
         # of the (D, B) true columns costs more); the gradient below is written by hand
-        squared_norms = ops.take(ops.square(_column_norms_without_gradient(kernel)), labels)
-        norms = ops.sqrt(ops.maximum(squared_norms, _NORM_EPSILON**2))
+        norms = ops.take(_column_norms(kernel), labels)
 
         def gradient(*args, upstream=None):
             if upstream is None:  # TensorFlow: one argument per output; JAX: one structure
@@ -275,7 +276,7 @@ def matmul_with_true_column_norms(features, kernel, labels):
             )
             # d‖W_c‖ / dW_c = W_c / ‖W_c‖ (0 below the floor): column c gains W_c·α_c with
             # α_c the sum of g_b / ‖W_c‖ over the samples of class c
-            per_sample = ops.where(squared_norms > _NORM_EPSILON**2, upstream_norms / norms, 0.0)
+            per_sample = ops.where(norms > _NORM_EPSILON, upstream_norms / norms, 0.0)
             alpha = ops.scatter(ops.expand_dims(labels, 1), per_sample, (ops.shape(kernel)[1],))
             kernel_gradient = ops.matmul(ops.transpose(features), upstream) + kernel * alpha
             return ops.matmul(upstream, ops.transpose(kernel)), kernel_gradient
