@@ -4,7 +4,8 @@ import click
 
 # options a resumed run takes from its config.json (the data, model and recipe must not change)
 _STORED = (
-    "data", "backbone", "mode", "margin", "scale", "batch_size", "learning_rate",
+    "data", "backbone", "mode", "margin", "scale", "weight_normalization", "batch_size",
+    "learning_rate",
     "weight_decay", "width_multiplier", "embedding_dim", "image_size", "landmarks",
     "mixed_precision", "jit_compile", "skip_bad", "cache", "seed",
 )  # fmt: skip
@@ -48,6 +49,9 @@ def _conflicts(ctx, config):
 )
 @click.option("--margin", type=float, help="Margin m (default: the mode's, e.g. 4 for sphereface).")
 @click.option("--scale", type=float, help="Scale s for the normalized modes (default: the mode's).")
+@click.option("--weight-normalization", type=click.Choice(["reparametrized", "projected"]),
+              help="Unit class centres of the normalized modes: W/‖W‖ with its exact gradient "
+                   "(default) or columns kept at unit norm (faster head, the Caffe layer's way).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs of the run.  [default: 1]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", "learning_rate", type=float,

@@ -138,8 +138,10 @@ def compiled_training_model(
     mixed_precision=None,
     jit_compile="auto",
     steps_per_execution=1,
+    weight_normalization=None,
 ):
-    """The compiled model `train` fits: `backbone` + `MarginSoftmax(mode, margin, scale)`
+    """The compiled model `train` fits: `backbone` + `MarginSoftmax(mode, margin, scale,
+    weight_normalization)`
     (`build_training_model`), `CoupledWeightDecaySGD` with the paper's step schedule over
     `total_steps` (`paper_step_schedule`), sparse cross-entropy from logits, accuracy.
 
@@ -149,7 +151,10 @@ def compiled_training_model(
     so the benchmark times the training step users get.
     """
     mixed_precision_policy(mixed_precision)  # validates
-    model = build_training_model(backbone, num_classes, mode=mode, margin=margin, scale=scale)
+    model = build_training_model(
+        backbone, num_classes, mode=mode, margin=margin, scale=scale,
+        weight_normalization=weight_normalization,
+    )
     optimizer = CoupledWeightDecaySGD(
         paper_step_schedule(total_steps, learning_rate),
         momentum=momentum,
@@ -190,6 +195,7 @@ def train(
     seed=0,
     verbose=1,
     callbacks=(),
+    weight_normalization=None,
 ):
     """Train `backbone` + `MarginSoftmax(mode, margin, scale)` on `data` into the run dir `output`.
 
@@ -198,6 +204,8 @@ def train(
         output: run directory; must not hold a previous run (continue one with `resume`).
         backbone, width_multiplier, embedding_dim: the Sphere-N backbone (`get_backbone`).
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
+        weight_normalization: the head's "reparametrized" (default) or "projected" unit
+            class centres (normalized modes only; see `MarginSoftmax`).
         epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
         learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's
             step schedule scaled to `epochs × steps per epoch`. `learning_rate=None`:
@@ -240,7 +248,9 @@ def train(
         width_multiplier=width_multiplier,
         dtype=policy,
     )
-    MarginSoftmax(2, mode=mode, margin=margin, scale=scale)
+    MarginSoftmax(  # validates the head's arguments before any data is read
+        2, mode=mode, margin=margin, scale=scale, weight_normalization=weight_normalization
+    )
     index, skipped = _load_index(data, skip_bad, image_size, landmarks, verbose)
     if len(index) < batch_size:
         raise UserInputError(
@@ -253,6 +263,7 @@ def train(
         "mode": mode,
         "margin": margin,
         "scale": scale,
+        "weight_normalization": weight_normalization,
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
@@ -287,6 +298,7 @@ def train(
         weight_decay=weight_decay,
         mixed_precision=mixed_precision,
         jit_compile=jit_compile,
+        weight_normalization=weight_normalization,
     )
     os.makedirs(output, exist_ok=True)
     data_lib.save_label_map(os.path.join(output, LABEL_MAP_NAME), index.class_names)

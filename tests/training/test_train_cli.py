@@ -72,12 +72,23 @@ def test_tiny_run_on_lfw_identities_then_resume(lfw_dir, tmp_path):
     write_landmarks_file(tmp_path / "landmarks.txt", landmarks)
     output = tmp_path / "run"
     common = ["--output", output, "--batch-size", 8]
-    first = run("--data", data, "--landmarks", tmp_path / "landmarks.txt", "--epochs", 1, *TINY, *common)
+    first = run("--data", data, "--landmarks", tmp_path / "landmarks.txt", "--epochs", 1,
+                "--weight-normalization", "projected", *TINY, *common)
     assert first.exit_code == 0, first.output
     conflict = run("--resume", "--epochs", 2, "--backbone", "sphere20", *common)
     assert conflict.exit_code == 2 and "--backbone sphere20" in conflict.output
+    conflict = run("--resume", "--epochs", 2, "--weight-normalization", "reparametrized", *common)
+    assert conflict.exit_code == 2 and "(the run has projected)" in conflict.output
     second = run("--resume", "--epochs", 2, *common)
     assert second.exit_code == 0, second.output
     rows = list(csv.DictReader(open(output / "log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["loss"]) > 0 and 0 < float(r["lambda"]) <= 1000 for r in rows)
+    # the head kept unit class centres through both runs
+    import keras
+    import numpy as np
+
+    head = keras.saving.load_model(output / "checkpoint.keras").get_layer("margin_softmax")
+    assert head.weight_normalization == "projected"
+    kernel = keras.ops.convert_to_numpy(head.kernel)
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, atol=1e-5)
