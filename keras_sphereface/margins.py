@@ -39,21 +39,23 @@ scale keeps its softmax from saturating). sphereface has no scale by default (th
 norm ‖x‖ plays its role, as in the paper); giving one normalizes the features too.
 
 Unit class centres (`weight_normalization`, the modes with ‖W‖=1):
-- "reparametrized" (default), as PyTorch heads that call F.normalize: W / ‖W‖ is computed
-  in every call and the gradient is exact through it (its radial part removed). The kernel
-  keeps its own column norms ρ (about 0.5 from glorot_uniform at 128 × 854, 0.3 at
-  512 × 10,575), and a step turns a centre by lr·g/ρ²: a larger effective learning rate
-  for the centres than for the backbone. On the TensorFlow CPU backend the norms and the
-  radial term cost 14-24 % over a Dense head in forward+backward (bench/margin_overhead.py).
-- "projected", as the original SphereFace Caffe layer: the kernel's columns are kept at
-  unit norm (the initializer is projected onto them and the kernel's constraint
-  renormalizes them after every optimizer step, as Keras optimizers apply constraints),
-  so the logits are a plain matmul (1-10 % over a Dense head; the renormalization is
-  paid in the optimizer step) and the kernel gradient is the plain featuresᵀG, whose
-  radial part the renormalization removes: to first order in the learning rate the step
-  is the reparametrized one at ρ = 1. With ρ = 1 the centres learn more slowly than under
-  the default at the same learning rate (LFW check in the README: 0.9-1.6 points lower
-  at lr 0.01-0.04, as low as "reparametrized" started from unit columns).
+- "projected" (default): the kernel's columns are kept at one norm ρ (`centre_norm`), so
+  W/ρ holds the unit centres. The initial kernel is projected onto norm ρ and the kernel's
+  constraint renormalizes the columns after every optimizer step (Keras optimizers apply
+  constraints), so the logits are a plain matmul, features·W with 1/ρ folded into the
+  (B, D) feature scaling (1-5 % over a Dense head; the renormalization is paid in the
+  optimizer step), and the kernel gradient is the plain one, whose radial part the
+  renormalization removes. To first order in the learning rate a step then turns a centre
+  by lr·g/ρ², as the "reparametrized" step does at column norm ρ (a test checks
+  it). ρ defaults to the initializer's RMS column norm (`expected_column_norm`: 0.51 from
+  glorot_uniform at 128 × 854, 0.30 at 512 × 10,575), so both modes take the same steps
+  from the same initialization; centre_norm=1.0 is the original SphereFace Caffe layer,
+  whose centres then learn ρ⁻² times more slowly (the README's LFW check: 0.9-1.6 points).
+- "reparametrized", as PyTorch heads that call F.normalize: W / ‖W‖ is computed in every
+  call and the gradient is exact through it (its radial part removed); each column keeps
+  the norm the initializer gave it, which the steps then grow and weight decay shrinks.
+  On the TensorFlow CPU backend the norms and the radial term cost 14-24 % over a Dense
+  head in forward+backward (bench/margin_overhead.py).
 Either way the matmul has a hand-fused gradient (`matmul_with_true_logits`) that also
 hands out the B true-class logits; the margin (with its acos/cos) runs on those B values
 only and one scatter writes them back. All maths is float32, whatever the dtype policy.
@@ -74,6 +76,7 @@ r = 1 is exactly the full layer; inference calls and calls without `training=Tru
 always use every class.
 """
 
+import contextlib
 import math
 
 import keras
@@ -101,7 +104,7 @@ _WEIGHT_NORMALIZATIONS = ("projected", "reparametrized")
 _COS_EPSILON = 1e-7
 # floor of ‖x‖ and ‖W_j‖: a zero vector gets a zero cosine and finite gradients
 _NORM_EPSILON = 1e-6
-# squared column norms this close to 1 count as unit (float32 rounding of a 512-d sum)
+# squared column norms this close to ρ² (relative) count as at ρ (float32 rounding)
 _UNIT_TOLERANCE = 1e-5
 # logit of the classes Partial FC did not sample (zero probability after softmax)
 _UNSAMPLED_LOGIT = -1e9
@@ -148,16 +151,17 @@ def _custom_gradient(forward):
     return ops.custom_gradient(forward)
 
 
-def unit_columns(kernel):
-    """kernel / ‖kernel columns‖, the projection of weight_normalization="projected".
+def columns_at_norm(kernel, norm):
+    """kernel with every column rescaled to the norm ρ = `norm`, the projection of
+    weight_normalization="projected".
 
-    Columns already within float32 rounding of unit norm (|‖W_c‖² − 1| ≤ 1e-5) are left
+    Columns already within float32 rounding of it (|‖W_c‖²/ρ² − 1| ≤ 1e-5) are left
     bit-identical, so a column the optimizer step did not move stays as it was; a zero
     column stays zero.
     """
     norms = _column_norms(kernel)
-    unit = ops.abs(ops.square(norms) - 1.0) <= _UNIT_TOLERANCE
-    return kernel * ops.where(unit, 1.0, 1.0 / norms)
+    at_norm = ops.abs(ops.square(norms / norm) - 1.0) <= _UNIT_TOLERANCE
+    return kernel * ops.where(at_norm, 1.0, norm / norms)
 
 
 def _column_norms(kernel):
@@ -171,6 +175,33 @@ def _column_norms(kernel):
 
         return ops.maximum(tf.math.reduce_euclidean_norm(kernel, axis=0), _NORM_EPSILON)
     return _l2_norm(kernel, 0)
+
+
+def expected_column_norm(initializer, shape):
+    """The RMS column norm of the (D, C) kernels `initializer` draws, ρ of the projected mode.
+
+    For the variance-scaling family (glorot, he, lecun; Keras' default glorot_uniform) it is
+    the expectation sqrt(D·scale/fan), e.g. sqrt(2D/(D + C)) for glorot, so no kernel is
+    drawn; for any other initializer it is measured on one draw.
+    """
+    rows, columns = shape
+    if isinstance(initializer, keras.initializers.VarianceScaling):
+        fan = {"fan_in": rows, "fan_out": columns, "fan_avg": (rows + columns) / 2}
+        return math.sqrt(rows * initializer.scale / fan[initializer.mode])
+    with _eager_scope():
+        draw = initializer(shape)
+        mean_square = ops.mean(ops.sum(ops.square(draw), axis=0))
+        return float(ops.convert_to_numpy(ops.sqrt(mean_square))) or 1.0
+
+
+def _eager_scope():
+    """On TensorFlow, `tf.init_scope()`: what runs in it runs eagerly, even inside a
+    tf.function being traced (as when Keras creates variables); elsewhere nothing."""
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.init_scope()
 
 
 def _fused(function):
@@ -369,9 +400,12 @@ class MarginSoftmax(keras.layers.Layer):
         t_momentum: curricularface: t ← momentum·t + (1 − momentum)·mean(cos θ_y).
         sample_rate: Partial FC fraction r ∈ (0, 1] of class centres used per training step.
         weight_normalization: how ‖W‖=1 is kept in the modes that normalize W:
-            "reparametrized" (None's default there: W / ‖W‖ in every call, exact gradient
-            through it) or "projected" (unit columns kept by a constraint, plain matmul,
-            faster); see the module docstring. None for softmax and lsoftmax.
+            "projected" (None's default there: columns kept at norm ρ by a constraint,
+            plain matmul) or "reparametrized" (W / ‖W‖ in every call, exact gradient
+            through it; slower); see the module docstring. None for softmax and lsoftmax.
+        centre_norm: ρ, the column norm of a "projected" kernel. None: the initializer's
+            RMS column norm (the steps of "reparametrized" from the same initialization);
+            1.0: the SphereFace Caffe layer. Only with weight_normalization="projected".
         output_mode: "logits" (train with SparseCategoricalCrossentropy(from_logits=True)) or
             "loss": calls with labels return the per-sample cross-entropy (batch,) instead
             (train with `precomputed_loss`); with `sample_rate` < 1 this loss comes from
@@ -406,6 +440,7 @@ class MarginSoftmax(keras.layers.Layer):
         t_momentum=0.99,
         sample_rate=1.0,
         weight_normalization=None,
+        centre_norm=None,
         output_mode="logits",
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
@@ -460,6 +495,7 @@ class MarginSoftmax(keras.layers.Layer):
         self.weight_normalization = _check_weight_normalization(
             self.mode, self.normalize_weights, weight_normalization
         )
+        self.centre_norm = _check_centre_norm(self.weight_normalization, centre_norm)
         if output_mode not in ("logits", "loss"):
             raise UserInputError(
                 "Expected output_mode to be 'logits' or 'loss'. "
@@ -474,18 +510,21 @@ class MarginSoftmax(keras.layers.Layer):
     def build(self, input_shape):
         features_shape = input_shape[0] if _is_pair_shape(input_shape) else input_shape
         feature_dim = features_shape[-1]
+        shape = (feature_dim, self.num_classes)
         projected = self.weight_normalization == "projected"
         initializer = self.kernel_initializer
+        if projected:
+            if self.centre_norm is None:
+                self.centre_norm = expected_column_norm(initializer, shape)
+            initializer = lambda shape, dtype=None: self._project_columns(  # noqa: E731
+                self.kernel_initializer(shape, dtype)
+            )
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(feature_dim, self.num_classes),
-            initializer=(
-                (lambda shape, dtype=None: unit_columns(initializer(shape, dtype)))
-                if projected
-                else initializer
-            ),
+            shape=shape,
+            initializer=initializer,
             regularizer=self.kernel_regularizer,
-            constraint=unit_columns if projected else None,
+            constraint=self._project_columns if projected else None,
         )
         self.bias = None
         if self.mode == "softmax":
@@ -499,13 +538,17 @@ class MarginSoftmax(keras.layers.Layer):
                 name="curricular_t", shape=(), initializer="zeros", trainable=False
             )
 
+    def _project_columns(self, kernel):
+        """The kernel's constraint in the projected mode: columns back at norm ρ."""
+        return columns_at_norm(kernel, self.centre_norm)
+
     def load_own_variables(self, store):
         """Loads the weights; a `projected` kernel saved with other column norms (e.g. by
-        a "reparametrized" layer) is projected onto unit columns, which leaves its logits
+        a "reparametrized" layer) is projected onto norm ρ, which leaves its logits
         unchanged."""
         super().load_own_variables(store)
         if self.weight_normalization == "projected":
-            self.kernel.assign(unit_columns(self.kernel))
+            self.kernel.assign(self._project_columns(self.kernel))
 
     # ------------------------------------------------------------------ λ schedule
     def lambda_at(self, iteration):
@@ -583,8 +626,14 @@ class MarginSoftmax(keras.layers.Layer):
 
     def _plain_logits(self, features, kernel, bias, labels=None):
         """Logits without margin (the table's "other logits"); with labels also (B,) true ones."""
+        # projected: the columns have norm ρ, so W/ρ is unit; 1/ρ scales the (B, D) features
+        inverse_centre_norm = 1.0 if self.centre_norm is None else 1.0 / self.centre_norm
         if self.normalize_features:
-            features = features * ops.expand_dims(self.scale / _l2_norm(features, 1), 1)
+            features = features * ops.expand_dims(
+                (self.scale * inverse_centre_norm) / _l2_norm(features, 1), 1
+            )
+        elif inverse_centre_norm != 1.0:
+            features = features * inverse_centre_norm
         if self.normalize_weights:
             reparametrized = self.weight_normalization == "reparametrized"
             if labels is None:
@@ -678,6 +727,7 @@ class MarginSoftmax(keras.layers.Layer):
                 "t_momentum": self.t_momentum,
                 "sample_rate": self.sample_rate,
                 "weight_normalization": self.weight_normalization,
+                "centre_norm": self.centre_norm,
                 "output_mode": self.output_mode,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
@@ -767,7 +817,7 @@ def _check_weight_normalization(mode, normalize_weights, value):
             )
         return None
     if value is None:
-        return "reparametrized"
+        return "projected"
     if value not in _WEIGHT_NORMALIZATIONS:
         accepted = ", ".join(repr(v) for v in _WEIGHT_NORMALIZATIONS)
         raise UserInputError(
@@ -775,6 +825,22 @@ def _check_weight_normalization(mode, normalize_weights, value):
             f"Received: weight_normalization={value!r}"
         )
     return value
+
+
+def _check_centre_norm(weight_normalization, centre_norm):
+    if centre_norm is None:
+        return None
+    if weight_normalization != "projected":
+        raise UserInputError(
+            "Expected centre_norm=None unless weight_normalization='projected' (only then are "
+            f"the columns kept at a norm). Received: centre_norm={centre_norm!r} with "
+            f"weight_normalization={weight_normalization!r}"
+        )
+    if not _is_number(centre_norm) or not centre_norm > 0 or not math.isfinite(centre_norm):
+        raise UserInputError(
+            f"Expected centre_norm to be a finite number > 0. Received: centre_norm={centre_norm!r}"
+        )
+    return float(centre_norm)
 
 
 def _check_scale(mode, scale, default_scale):

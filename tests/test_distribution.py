@@ -103,7 +103,7 @@ def _build_model(sample_rate=1.0, output_mode="logits"):
     features = keras.layers.Dense(FEATURE_DIM, name="backbone")(inputs)
     logits = MarginSoftmax(
         NUM_CLASSES, mode="cosface", margin=MARGIN, scale=SCALE, sample_rate=sample_rate, seed=7,
-        output_mode=output_mode, name="margin_softmax",
+        output_mode=output_mode, centre_norm=1.0, name="margin_softmax",
     )([features, labels])
     return keras.Model({"inputs": inputs, "labels": labels}, logits)
 
@@ -115,7 +115,7 @@ def _initial_weights():
     return {
         "backbone/kernel": rng.normal(size=(INPUT_DIM, FEATURE_DIM)).astype("float32"),
         "backbone/bias": rng.normal(size=(FEATURE_DIM,)).astype("float32"),
-        # unit class centres: what a weight_normalization="projected" head holds
+        # unit class centres: what a projected head with centre_norm=1 holds
         "margin_softmax/kernel": (kernel / np.linalg.norm(kernel, axis=0)).astype("float32"),
     }
 

@@ -84,12 +84,13 @@ def problem(seed=0, batch=40):
 
 
 def built_layer(mode, w, b=None, **kwargs):
-    """The layer with kernel w; a "projected" kernel holds unit columns, so it gets w's
-    directions (the reference formulas normalize w anyway)."""
+    """The layer with kernel w; a "projected" kernel holds columns of norm ρ (its
+    centre_norm), so it gets w's directions at that norm (the reference formulas normalize
+    w anyway)."""
     layer = MarginSoftmax(w.shape[1], mode=mode, **kwargs)
     layer.build([(None, w.shape[0]), (None,)])
     if layer.weight_normalization == "projected":
-        w = w / np.linalg.norm(w, axis=0)
+        w = w / np.linalg.norm(w, axis=0) * layer.centre_norm
     layer.kernel.assign(w)
     if b is not None and layer.bias is not None:
         layer.bias.assign(b)
@@ -369,28 +370,77 @@ def test_tiny_fit_loss_falls(mode):
     assert int(head.iterations.numpy()) == 4 * 8  # once per step
 
 
-def test_projected_kernel_stays_on_unit_columns_through_fit_and_loading(tmp_path):
+@pytest.mark.parametrize("initializer", ["glorot_uniform", "random_normal"])
+def test_projected_kernel_keeps_the_initializers_norm_through_fit_and_loading(
+    initializer, tmp_path
+):
     x, y = clustered_features(4, 256)
+    if initializer == "glorot_uniform":  # Var = 2 / (fan_in + fan_out): E‖W_c‖² = 8 · 2 / 12
+        initializer = keras.initializers.GlorotUniform(seed=3)
+        rho = np.sqrt(8 * 2 / (8 + 4))
+    else:  # no formula: the RMS column norm of the (seeded, so repeatable) draw
+        initializer = keras.initializers.RandomNormal(stddev=0.05, seed=3)
+        rho = np.sqrt(np.mean(np.sum(keras.ops.convert_to_numpy(initializer((8, 4)))**2, 0)))
+    draw = keras.ops.convert_to_numpy(initializer((8, 4))).astype(np.float64)
     head = MarginSoftmax(4, mode="arcface", scale=16.0, weight_normalization="projected",
-                         name="head")
+                         kernel_initializer=initializer, name="head")
     model = model_with_head(head)
-    unit = lambda w: np.linalg.norm(keras.ops.convert_to_numpy(w), axis=0)  # noqa: E731
-    np.testing.assert_allclose(unit(head.kernel), 1.0, atol=1e-5)  # projected initializer
+    norms = lambda w: np.linalg.norm(keras.ops.convert_to_numpy(w), axis=0)  # noqa: E731
+    assert head.centre_norm == pytest.approx(rho, rel=1e-6)
     before = keras.ops.convert_to_numpy(head.kernel).copy()
+    np.testing.assert_allclose(before, draw / np.linalg.norm(draw, axis=0) * rho, atol=1e-6)
     model.compile(keras.optimizers.SGD(0.5, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit([x, y], y, batch_size=32, epochs=2, verbose=0)
     after = keras.ops.convert_to_numpy(head.kernel)
     assert np.abs(after - before).max() > 0.05  # it trained
-    np.testing.assert_allclose(unit(after), 1.0, atol=1e-5)  # the constraint renormalized
+    np.testing.assert_allclose(norms(after), rho, rtol=1e-5)  # the constraint renormalized
     # a kernel saved with other norms comes back projected, with the same logits
     rng = np.random.default_rng(0)
     head.kernel.assign(after * rng.uniform(0.3, 3.0, 4).astype(np.float32))
     path = tmp_path / "projected.keras"
     model.save(path)
     restored = keras.saving.load_model(path).get_layer("head")
-    np.testing.assert_allclose(unit(restored.kernel), 1.0, atol=1e-5)
+    assert restored.centre_norm == head.centre_norm
+    np.testing.assert_allclose(norms(restored.kernel), rho, rtol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(restored.kernel), after, atol=1e-5)
+    features = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    head.kernel.assign(after)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored(features)), keras.ops.convert_to_numpy(head(features)),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("mode", ["sphereface", "cosface"])
+def test_projected_step_turns_the_centres_as_the_reparametrized_step(mode):
+    """At column norm ρ, an SGD step of the projected head (the plain gradient of x·W/ρ, then
+    the projection back to norm ρ) turns every class centre as the exact step through W/‖W‖
+    does, to first order in the learning rate: the directions after one step differ by
+    O(lr²) while each moved by O(lr)."""
+    rho = 0.4
+    x, w, _, y = problem(seed=4)
+    w = (w / np.linalg.norm(w, axis=0) * rho).astype(np.float32)
+
+    def gradient(weight_normalization):
+        options = {"centre_norm": rho} if weight_normalization == "projected" else {}
+        layer = built_layer(mode, w, weight_normalization=weight_normalization, **options)
+        return loss_and_gradients(layer, x, y)[2].astype(np.float64)
+
+    def direction_after_one_step(grad_w, lr):  # SGD without momentum, then unit directions
+        stepped = w.astype(np.float64) - lr * grad_w
+        return stepped / np.linalg.norm(stepped, axis=0)
+
+    grad_projected, grad_reparametrized = gradient("projected"), gradient("reparametrized")
+    relative_error = {}
+    for lr in (1e-4, 1e-5):
+        reparametrized = direction_after_one_step(grad_reparametrized, lr)
+        moved = np.abs(reparametrized - w / rho).max()
+        assert moved > 1e-5
+        differ = np.abs(direction_after_one_step(grad_projected, lr) - reparametrized).max()
+        relative_error[lr] = differ / moved
+    assert relative_error[1e-5] < 1e-2
+    assert relative_error[1e-5] < relative_error[1e-4] / 5  # first order: it falls with lr
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -531,18 +581,20 @@ def test_gradients_equal_autodiff_of_the_plain_normalized_formula(mode, weight_n
     """The layer's hand-written gradients against the backend's autodiff of the formula.
 
     "reparametrized": the exact gradient through W / ‖W‖ (unequal column norms).
-    "projected": the kernel holds unit columns and its gradient is the formula's with
-    ‖W‖ held constant (the radial part stays in; the constraint's renormalization removes
-    it after the optimizer step), so it differs from the exact one."""
+    "projected": the kernel holds columns of norm ρ (0.5 here) and its gradient is the
+    formula's with ‖W‖ held constant (the radial part stays in; the constraint's
+    renormalization removes it after the optimizer step), so it differs from the exact one."""
     x, w, b, y = problem(seed=6)
     cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
     theta = np.arccos(np.clip(cos[np.arange(len(y)), y], -1, 1))
     inside = (theta > 0.05) & (theta < np.pi - 0.6)  # away from the clip and the θ_b rule
     x, y = x[inside], y[inside]
     projected = weight_normalization == "projected"
+    options = {"weight_normalization": weight_normalization}
     if projected:
-        w = w / np.linalg.norm(w, axis=0)
-    layer = built_layer(mode, w, weight_normalization=weight_normalization)
+        w = w / np.linalg.norm(w, axis=0) * 0.5
+        options["centre_norm"] = 0.5
+    layer = built_layer(mode, w, **options)
     _, grad_x, grad_w = loss_and_gradients(layer, x, y)
     ops = keras.ops
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -204,7 +204,7 @@ def train(
         output: run directory; must not hold a previous run (continue one with `resume`).
         backbone, width_multiplier, embedding_dim: the Sphere-N backbone (`get_backbone`).
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
-        weight_normalization: the head's "reparametrized" (default) or "projected" unit
+        weight_normalization: the head's "projected" (default) or "reparametrized" unit
             class centres (normalized modes only; see `MarginSoftmax`).
         epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
         learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's

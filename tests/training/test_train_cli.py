@@ -84,11 +84,12 @@ def test_tiny_run_on_lfw_identities_then_resume(lfw_dir, tmp_path):
     rows = list(csv.DictReader(open(output / "log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["loss"]) > 0 and 0 < float(r["lambda"]) <= 1000 for r in rows)
-    # the head kept unit class centres through both runs
+    # the head kept its class centres at glorot's column norm sqrt(2·8 / (8 + 4)) throughout
     import keras
     import numpy as np
 
     head = keras.saving.load_model(output / "checkpoint.keras").get_layer("margin_softmax")
     assert head.weight_normalization == "projected"
     kernel = keras.ops.convert_to_numpy(head.kernel)
-    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, atol=1e-5)
+    assert head.centre_norm == pytest.approx(np.sqrt(2 * 8 / (8 + 4)))
+    np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), head.centre_norm, rtol=1e-5)
