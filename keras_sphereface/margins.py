@@ -259,7 +259,9 @@ def matmul_with_true_logits(features, kernel, labels=None, normalize_columns=Fal
             scaled, radial = _scaled_and_radial(upstream, logits, inverse_norm, norm)
             return (
                 ops.matmul(scaled, ops.transpose(kernel)),
-                _minus_radial(ops.matmul(ops.transpose(features), scaled), kernel, radial),
+                _plus_scaled_columns(
+                    ops.matmul(ops.transpose(features), scaled), kernel, -radial
+                ),
             )
 
         return outputs, gradient
@@ -275,28 +277,28 @@ def _scaled_and_radial(upstream, logits, inverse_norm, norm):
 
 
 @_fused
-def _minus_radial(kernel_gradient, kernel, radial):
-    return kernel_gradient - kernel * radial
+def _plus_scaled_columns(kernel_gradient, kernel, coefficients):
+    """kernel_gradient + kernel · coefficients (one (C,) coefficient per column), one pass."""
+    return kernel_gradient + kernel * coefficients
 
 
 def matmul_with_true_column_norms(features, kernel, labels):
     """(features @ kernel, its (B,) true-class entries, the (B,) norms ‖W_{y_b}‖), L-Softmax.
 
-    Hand-written exact gradient: the norms' gradient is W_c·α_c for every column c (α_c the
-    sum of g_b / ‖W_c‖ over the samples of class c, scattered into a (classes,) vector),
-    a multiply and an add on the matmul's kernel gradient, where automatic differentiation
-    of the column gather builds a dense (classes, D) gradient, transposes it and adds it.
-    (Adding W_c·α_c to the batch's columns only, by a scatter of D·B entries, is slower on
-    the TensorFlow CPU backend: element-wise scatters run far below memory speed.)
+    The norms come from the (D, B) gathered true columns. Hand-written exact gradient: the
+    norms' gradient is W_c·α_c for every column c (α_c the sum of g_b / ‖W_c‖ over the
+    samples of class c, scattered into a (classes,) vector), added to the matmul's kernel
+    gradient in one fused pass, where automatic differentiation of the column gather builds
+    a dense (classes, D) gradient, transposes it and adds it. (Adding W_c·α_c to the batch's
+    columns only, by a scatter of D·B entries, is no faster on the TensorFlow CPU backend:
+    the scatter copies the (D, C) gradient.)
     """
     true_index = _true_index(labels)
 
     @_custom_gradient
     def forward(features, kernel):
         logits = ops.matmul(features, kernel)
-        # every column's norm in one read of the kernel, then the batch's (a strided gather
-        # of the (D, B) true columns costs more); the gradient below is written by hand
-        norms = ops.take(_column_norms(kernel), labels)
+        norms = _column_norms(ops.take(kernel, labels, axis=1))  # gradient written below
 
         def gradient(*args, upstream=None):
             if upstream is None:  # TensorFlow: one argument per output; JAX: one structure
@@ -309,7 +311,9 @@ def matmul_with_true_column_norms(features, kernel, labels):
             # α_c the sum of g_b / ‖W_c‖ over the samples of class c
             per_sample = ops.where(norms > _NORM_EPSILON, upstream_norms / norms, 0.0)
             alpha = ops.scatter(ops.expand_dims(labels, 1), per_sample, (ops.shape(kernel)[1],))
-            kernel_gradient = ops.matmul(ops.transpose(features), upstream) + kernel * alpha
+            kernel_gradient = _plus_scaled_columns(
+                ops.matmul(ops.transpose(features), upstream), kernel, alpha
+            )
             return ops.matmul(upstream, ops.transpose(kernel)), kernel_gradient
 
         return (logits, _entries(logits, labels), norms), gradient
