@@ -133,13 +133,39 @@ def verification_protocol(left, right, is_same, folds, mean_subtraction=True, fa
     """
     left = np.asarray(left, dtype=np.float64)
     right = np.asarray(right, dtype=np.float64)
-    is_same = np.asarray(is_same, dtype=bool)
-    folds = np.asarray(folds)
     if left.shape != right.shape or left.ndim != 2 or len(left) != len(is_same):
         raise ValueError(
             f"Expected left and right features of the same shape [N, D] with N = "
             f"{len(is_same)} pairs. Received: {left.shape} and {right.shape}"
         )
+    report, scores = _cross_validated(
+        lambda train: _fold_scores(left, right, train, mean_subtraction), is_same, folds, fars
+    )
+    report["mean_subtraction"] = bool(mean_subtraction)
+    return report, scores
+
+
+def scores_protocol(scores, is_same, folds, fars=DEFAULT_FARS):
+    """The k-fold protocol on fixed pair scores [N] (steps 3 and 4 above): for scores that
+    do not depend on the training folds, e.g. each fold scored by its own model.
+
+    Returns the report of `verification_protocol` (mean_subtraction False).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(is_same),):
+        raise ValueError(
+            f"Expected one score per pair, shape ({len(is_same)},). Received: {scores.shape}"
+        )
+    report, _ = _cross_validated(lambda train: scores, is_same, folds, fars)
+    report["mean_subtraction"] = False
+    return report
+
+
+def _cross_validated(fold_scores_of, is_same, folds, fars):
+    """Per fold: scores from `fold_scores_of(train mask)`, the best threshold on the other
+    folds, the accuracy on this one; then ROC figures on the held-out scores."""
+    is_same = np.asarray(is_same, dtype=bool)
+    folds = np.asarray(folds)
     fold_ids = np.unique(folds)
     if len(fold_ids) < 2:
         raise ValueError(f"Expected at least 2 folds. Received: {fold_ids.tolist()}")
@@ -148,7 +174,7 @@ def verification_protocol(left, right, is_same, folds, mean_subtraction=True, fa
     for fold in fold_ids:
         test = folds == fold
         train = ~test
-        fold_scores = _fold_scores(left, right, train, mean_subtraction)
+        fold_scores = fold_scores_of(train)
         threshold, _ = best_threshold(fold_scores[train], is_same[train])
         accuracies.append(float(np.mean((fold_scores[test] > threshold) == is_same[test])))
         thresholds.append(threshold)
@@ -170,7 +196,6 @@ def verification_protocol(left, right, is_same, folds, mean_subtraction=True, fa
         "num_matched": int(is_same.sum()),
         "num_mismatched": num_negative,
         "num_folds": int(len(fold_ids)),
-        "mean_subtraction": bool(mean_subtraction),
     }
     return report, scores
 

@@ -11,6 +11,7 @@ from keras_sphereface.evaluation.protocol import (
     best_threshold,
     equal_error_rate,
     roc_curve,
+    scores_protocol,
     tar_at_far,
     verification_protocol,
 )
@@ -104,6 +105,23 @@ def test_fold_thresholds_and_accuracies_follow_the_protocol():
         assert report["fold_accuracies"][fold] == pytest.approx(expected)
         np.testing.assert_allclose(scores[test], cosine[test])
     assert report["accuracy_std"] == pytest.approx(np.std(report["fold_accuracies"]))
+
+
+def test_scores_protocol_picks_each_threshold_on_the_other_folds():
+    rng = np.random.default_rng(5)
+    is_same, folds = _balanced_folds(5, 12)
+    scores = rng.normal(size=len(is_same)) + 1.2 * is_same  # e.g. each fold from its own model
+    report = scores_protocol(scores, is_same, folds)
+    for fold in range(5):
+        train, test = folds != fold, folds == fold
+        threshold, _ = _brute_force_threshold(scores[train], is_same[train])
+        assert report["thresholds"][fold] == pytest.approx(threshold)
+        expected = np.mean((scores[test] > threshold) == is_same[test])
+        assert report["fold_accuracies"][fold] == pytest.approx(expected)
+    assert report["accuracy_mean"] == pytest.approx(np.mean(report["fold_accuracies"]))
+    assert report["auc"] == pytest.approx(metrics.roc_auc_score(is_same, scores))
+    with pytest.raises(ValueError, match=r"one score per pair, shape \(120,\)"):
+        scores_protocol(scores[:-1], is_same, folds)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
