@@ -4,9 +4,9 @@ LFW View 2's 10 folds are identity-disjoint (../shared/data/README.md). For each
 this script trains a model on every LFW identity that does not occur in fold k (the people of
 the other 9 folds and the 1,468 people in no pair), and scores fold k's 600 pairs with it, so
 no evaluated person is ever seen in training. The 6,000 held-out cosine scores then go
-through the standard protocol (`evaluation.protocol.verification_protocol`): the threshold
-of fold k is chosen on the other 9 folds' held-out scores, accuracy is reported as mean ±
-std over the folds. Mean-feature subtraction is off: the 10 models have 10 feature spaces.
+through the standard protocol (`evaluation.protocol.scores_protocol`): the threshold of
+fold k is chosen on the other 9 folds' held-out scores, accuracy is reported as mean ± std
+over the folds. Mean-feature subtraction is off: the 10 models have 10 feature spaces.
 
 The deep-funneled 250×250 frames are aligned once onto the 112×96 template with the
 package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_112x96).
@@ -18,13 +18,21 @@ directory, so an interrupted sweep continues where it stopped.
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
         --configs softmax,a-softmax,cosface,arcface,a-softmax-m1,a-softmax-m2,a-softmax-m3 \\
         --backbone sphere20 --epochs 30 --mixed-precision bfloat16
+    # the CPU recipe, in pieces that fit a session (see the README):
+    python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint_cpu --backbone sphere10 \
+        --width-multiplier 0.25 --embedding-dim 128 --batch-size 64 --learning-rate 0.04 \
+        --epochs 20 --configs a-softmax,softmax,cosface,arcface --max-minutes 60
     # a CPU-scale check of the whole flow (tiny backbone, fold 0, 2,000 training images):
     python examples/lfw_identity_disjoint.py --smoke --output /tmp/lfw_smoke
 
-Writes OUTPUT/results.json (every fold's accuracy, timings, device, settings) and
-OUTPUT/results.md (the table). The sweep can be split into pieces (`--configs a-softmax
---folds 0,1,2`, e.g. to fit a time limit per command): finished runs are skipped and their
-fold embeddings cached, so a last call with every fold only scores.
+Every finished (config, fold) adds its 600 held-out cosine scores, training time and device
+to the results file (`--results`, default examples/results/lfw_identity_disjoint.json, kept
+in the repository), under a key naming the training recipe; a (config, fold) already there
+is skipped, so the sweep accumulates across machines and sessions, and `--max-minutes`
+stops it between runs to fit a time limit. The table (results.md beside the results file)
+comes from the scores alone: the protocol over every fold done (10 for the real figure).
+Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
+run's scores are recorded.
 """
 
 import argparse
@@ -45,7 +53,7 @@ from keras_sphereface.errors import UserInputError  # noqa: E402
 from keras_sphereface.evaluation import load_embedder, read_pairs  # noqa: E402
 from keras_sphereface.evaluation.extract import extract_embeddings  # noqa: E402
 from keras_sphereface.evaluation.lfw import LFW_IMAGES, LFW_PAIRS, resolve_lfw_dir  # noqa: E402
-from keras_sphereface.evaluation.protocol import verification_protocol  # noqa: E402
+from keras_sphereface.evaluation.protocol import cosine_scores, scores_protocol  # noqa: E402
 from keras_sphereface.training import resume, train  # noqa: E402
 
 # name -> (MarginSoftmax mode, margin, scale)
@@ -61,6 +69,11 @@ CONFIGS = {
 }
 # the aligned crops: OUTPUT/ALIGNED/NAME/NAME_0001.jpg
 ALIGNED = "aligned_112x96"
+DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                               "lfw_identity_disjoint.json")
+# the settings that change what a run learns: a recipe's key in the results file
+RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size",
+          "learning_rate", "mixed_precision", "max_train_images", "seed")
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -93,6 +106,12 @@ def parse_args():
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="train on a seeded random subset of this many images (CPU checks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=None,
+                        help="results file the scores accumulate in (default: "
+                             "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
+                             "with --smoke)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no further (config, fold) run after this many minutes")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU-scale run: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
     args = parser.parse_args()
@@ -104,6 +123,9 @@ def parse_args():
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
     args.configs = args.configs.split(",")
     args.folds = [int(fold) for fold in args.folds.split(",")]
+    if args.results is None:
+        args.results = (os.path.join(args.output, "results.json") if args.smoke
+                        else DEFAULT_RESULTS)
     return args
 
 
@@ -162,7 +184,8 @@ def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
 
 
 def run_fold(args, name, fold, list_path, aligned_dir, pairs):
-    """Train (or resume) the fold's model; return its left/right features of fold `fold`."""
+    """Train (or resume) the fold's model; return the cosine scores of fold `fold`'s pairs
+    (in pairs.txt order) and the training time in seconds."""
     mode, margin, scale = CONFIGS[name]
     run_dir = os.path.join(args.output, name, f"fold{fold}")
     started = time.time()
@@ -188,75 +211,120 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     )
     left = np.stack([embeddings[p] for p in np.array(pairs.left)[test]])
     right = np.stack([embeddings[p] for p in np.array(pairs.right)[test]])
-    return left, right, train_seconds
+    return cosine_scores(left, right), train_seconds
+
+
+class SweepResults:
+    """The results file: per recipe (the RECIPE settings), per config and fold, the fold's
+    held-out pair scores, training seconds and device. Written atomically after each run."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {"recipes": {}}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                try:
+                    self.data = json.load(f)
+                except json.JSONDecodeError as error:
+                    raise UserInputError(
+                        f"Expected {path} to be a results file written by this script (JSON). "
+                        f"Received: {error}"
+                    ) from None
+
+    @staticmethod
+    def recipe_key(settings):
+        return ", ".join(f"{name}={settings[name]}" for name in RECIPE)
+
+    def runs(self, settings):
+        """{config: {fold (str): run}} of a recipe (created empty if new)."""
+        recipe = self.data["recipes"].setdefault(
+            self.recipe_key(settings),
+            {"settings": {name: settings[name] for name in RECIPE}, "runs": {}},
+        )
+        return recipe["runs"]
+
+    def record(self, settings, name, fold, scores, train_seconds, device):
+        self.runs(settings).setdefault(name, {})[str(fold)] = {
+            "scores": [round(float(score), 6) for score in scores],
+            "train_seconds": round(train_seconds, 1),
+            "device": device,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.data, f, indent=1)
+                f.write("\n")
+
+    def table(self, pairs):
+        """Markdown: per recipe and config, the protocol over the folds done."""
+        lines = []
+        for key, recipe in self.data["recipes"].items():
+            if not recipe["runs"]:
+                continue
+            lines += [f"Recipe: {key}", "",
+                      "| config | LFW accuracy | folds done | AUC | training time per fold | device |",
+                      "|---|---|---|---|---|---|"]
+            for name, runs in recipe["runs"].items():
+                folds = sorted(int(fold) for fold in runs)
+                report = fold_report(runs, folds, pairs)
+                minutes = np.mean([run["train_seconds"] for run in runs.values()]) / 60
+                devices = ", ".join(sorted({run["device"] for run in runs.values()}))
+                accuracy = auc = "–"
+                if report is not None:
+                    accuracy = (f"{100 * report['accuracy_mean']:.2f} ± "
+                                f"{100 * report['accuracy_std']:.2f} %")
+                    auc = f"{report['auc']:.4f}"
+                lines.append(f"| {name} | {accuracy} | {len(folds)}/10 ({','.join(map(str, folds))})"
+                             f" | {auc} | {minutes:.1f} min | {devices} |")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def fold_report(runs, folds, pairs):
+    """The protocol on the recorded scores of `folds` (each threshold chosen on the other
+    folds done), or None with fewer than 2 folds."""
+    if len(folds) < 2:
+        return None
+    order = np.concatenate([np.flatnonzero(pairs.folds == fold) for fold in folds])
+    scores = np.concatenate([runs[str(fold)]["scores"] for fold in folds])
+    return scores_protocol(scores, pairs.is_same[order], pairs.folds[order])
 
 
 def main():
     args = parse_args()
+    started = time.time()
     lfw_dir = resolve_lfw_dir(args.lfw_dir)
     images_dir = lfw_dir / LFW_IMAGES
     pairs = read_pairs(lfw_dir / LFW_PAIRS, images_dir)
-    aligned_dir = align_lfw(args.output, images_dir, args.landmarks or lfw_landmarks_path())
-    lists = prepare_training_lists(
-        args.output, aligned_dir, pairs, args.folds, args.max_train_images, args.seed
-    )
-    device = device_description()
-    results = {"device": device, "settings": {k: v for k, v in vars(args).items()}, "configs": {}}
-    for name in args.configs:
-        fold_features, seconds = {}, {}
-        for fold in args.folds:
-            print(f"== {name}, fold {fold} ==", flush=True)
-            left, right, seconds[fold] = run_fold(
-                args, name, fold, lists[fold], aligned_dir, pairs
-            )
-            fold_features[fold] = (left, right)
-        scored = np.isin(pairs.folds, args.folds)
-        order = np.concatenate([np.flatnonzero(pairs.folds == fold) for fold in args.folds])
-        left = np.concatenate([fold_features[fold][0] for fold in args.folds])
-        right = np.concatenate([fold_features[fold][1] for fold in args.folds])
-        entry = {"train_seconds": seconds, "folds": args.folds}
-        if len(args.folds) >= 2:
-            report, _ = verification_protocol(
-                left, right, pairs.is_same[order], pairs.folds[order], mean_subtraction=False
-            )
-            entry.update(report)
-        else:  # one fold: no other fold to pick the threshold on; report the best threshold
-            from keras_sphereface.evaluation.protocol import best_threshold, cosine_scores
-
-            _, accuracy = best_threshold(cosine_scores(left, right), pairs.is_same[scored])
-            entry.update(oracle_threshold_accuracy=accuracy)
-        results["configs"][name] = entry
-        print(f"{name}: {summary(entry)}", flush=True)
-        write_results(args.output, results)
-    print(f"Wrote {os.path.join(os.path.abspath(args.output), 'results.md')} and results.json")
-
-
-def summary(entry):
-    if "accuracy_mean" in entry:
-        return (f"{100 * entry['accuracy_mean']:.2f} ± {100 * entry['accuracy_std']:.2f} % "
-                f"over {len(entry['folds'])} folds")
-    return (f"{100 * entry['oracle_threshold_accuracy']:.2f} % on fold {entry['folds'][0]} "
-            f"(threshold chosen on that fold: an optimistic single-fold check, not the protocol)")
-
-
-def write_results(output, results):
-    with atomic_path(os.path.join(output, "results.json")) as tmp:
+    results = SweepResults(args.results)
+    settings = vars(args)
+    done = results.runs(settings)
+    todo = [(name, fold) for name in args.configs for fold in args.folds
+            if str(fold) not in done.get(name, {})]
+    print(f"{len(todo)} of {len(args.configs) * len(args.folds)} runs to do "
+          f"(recipe: {results.recipe_key(settings)}; results: {args.results})", flush=True)
+    if todo:
+        aligned_dir = align_lfw(args.output, images_dir, args.landmarks or lfw_landmarks_path())
+        lists = prepare_training_lists(args.output, aligned_dir, pairs,
+                                       sorted({fold for _, fold in todo}),
+                                       args.max_train_images, args.seed)
+        device = device_description()
+    for position, (name, fold) in enumerate(todo):
+        if args.max_minutes is not None and time.time() - started > 60 * args.max_minutes:
+            print(f"--max-minutes {args.max_minutes:g} reached: {len(todo) - position} runs "
+                  "left; run the same command again to continue", flush=True)
+            break
+        print(f"== {name}, fold {fold} ==", flush=True)
+        scores, seconds = run_fold(args, name, fold, lists[fold], aligned_dir, pairs)
+        results.record(settings, name, fold, scores, seconds, device)
+    table = results.table(pairs)
+    markdown = os.path.splitext(args.results)[0] + ".md"
+    with atomic_path(markdown) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1, default=str)
-    settings = results["settings"]
-    lines = [
-        f"LFW identity-disjoint ({settings['backbone']}, width {settings['width_multiplier']}, "
-        f"{settings['epochs']} epochs, batch {settings['batch_size']}; {results['device']})",
-        "",
-        "| config | LFW accuracy | training time per fold |",
-        "|---|---|---|",
-    ]
-    for name, entry in results["configs"].items():
-        minutes = np.mean(list(entry["train_seconds"].values())) / 60
-        lines.append(f"| {name} | {summary(entry)} | {minutes:.1f} min |")
-    with atomic_path(os.path.join(output, "results.md")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(f"# LFW identity-disjoint ({os.path.basename(__file__)})\n\n{table}\n")
+    print(table)
+    print(f"Wrote {os.path.abspath(markdown)} and {os.path.abspath(args.results)}")
 
 
 if __name__ == "__main__":

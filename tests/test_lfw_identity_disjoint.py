@@ -1,0 +1,73 @@
+"""examples/lfw_identity_disjoint.py: the results file the sweep accumulates its scores in."""
+
+import importlib.util
+import os
+import types
+
+import numpy as np
+import pytest
+
+from keras_sphereface import UserInputError
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "lfw_identity_disjoint.py")
+SETTINGS = {"backbone": "sphere10", "width_multiplier": 0.25, "embedding_dim": 128, "epochs": 20,
+            "batch_size": 64, "learning_rate": 0.04, "mixed_precision": None,
+            "max_train_images": None, "seed": 0, "folds": [0, 2], "output": "ignored"}
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("lfw_identity_disjoint", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pairs(num_folds=3, per_fold=20, seed=0):
+    rng = np.random.default_rng(seed)
+    folds = np.repeat(np.arange(num_folds), per_fold)
+    is_same = np.tile(np.arange(per_fold) < per_fold // 2, num_folds)
+    scores = rng.normal(size=len(folds)) + 1.5 * is_same
+    return types.SimpleNamespace(folds=folds, is_same=is_same), scores
+
+
+def _protocol_accuracy(scores, is_same, folds, done):
+    """Mean accuracy over `done`, each fold's threshold the best midpoint on the others."""
+    accuracies = []
+    for fold in done:
+        train = np.isin(folds, done) & (folds != fold)
+        candidates = np.sort(scores[train])
+        candidates = np.r_[candidates[0] - 1, (candidates[1:] + candidates[:-1]) / 2]
+        correct = [np.mean((scores[train] > t) == is_same[train]) for t in candidates]
+        threshold = candidates[int(np.argmax(correct))]
+        test = folds == fold
+        accuracies.append(np.mean((scores[test] > threshold) == is_same[test]))
+    return np.mean(accuracies)
+
+
+def test_scores_accumulate_per_recipe_and_give_the_protocol_table(sweep, tmp_path):
+    pairs, scores = _pairs()
+    path = tmp_path / "results" / "sweep.json"
+    results = sweep.SweepResults(str(path))
+    for fold in (0, 2):
+        results.record(SETTINGS, "a-softmax", fold, scores[pairs.folds == fold], 60.0 * (fold + 1),
+                       "tensorflow on CPU")
+    other_recipe = dict(SETTINGS, epochs=30)
+    results.record(other_recipe, "a-softmax", 1, scores[pairs.folds == 1], 30.0, "jax on H200")
+
+    reloaded = sweep.SweepResults(str(path))  # what the next session finds
+    assert sorted(reloaded.runs(SETTINGS)["a-softmax"]) == ["0", "2"]
+    assert sorted(reloaded.runs(dict(SETTINGS, folds=[5], output="x"))["a-softmax"]) == ["0", "2"]
+    assert sorted(reloaded.runs(other_recipe)["a-softmax"]) == ["1"]
+    table = reloaded.table(pairs)
+    expected = _protocol_accuracy(scores, pairs.is_same, pairs.folds, [0, 2])
+    row = next(line for line in table.splitlines() if "2/10 (0,2)" in line)
+    assert f"| {100 * expected:.2f} ± " in row and "| 2.0 min |" in row
+    assert "1/10 (1) | – |" in table  # one fold: no other fold to choose its threshold on
+
+
+def test_a_damaged_results_file_is_named(sweep, tmp_path):
+    path = tmp_path / "sweep.json"
+    path.write_text('{"recipes": {')
+    with pytest.raises(UserInputError, match="sweep.json to be a results file"):
+        sweep.SweepResults(str(path))
