@@ -220,16 +220,19 @@ class SweepResults:
 
     def __init__(self, path):
         self.path = path
-        self.data = {"recipes": {}}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                try:
-                    self.data = json.load(f)
-                except json.JSONDecodeError as error:
-                    raise UserInputError(
-                        f"Expected {path} to be a results file written by this script (JSON). "
-                        f"Received: {error}"
-                    ) from None
+        self.data = self._read()
+
+    def _read(self):
+        if not os.path.isfile(self.path):
+            return {"recipes": {}}
+        with open(self.path, encoding="utf-8") as f:
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as error:
+                raise UserInputError(
+                    f"Expected {self.path} to be a results file written by this script "
+                    f"(JSON). Received: {error}"
+                ) from None
 
     @staticmethod
     def recipe_key(settings):
@@ -244,6 +247,7 @@ class SweepResults:
         return recipe["runs"]
 
     def record(self, settings, name, fold, scores, train_seconds, device):
+        self.data = self._read()  # keep what another process recorded meanwhile
         self.runs(settings).setdefault(name, {})[str(fold)] = {
             "scores": [round(float(score), 6) for score in scores],
             "train_seconds": round(train_seconds, 1),

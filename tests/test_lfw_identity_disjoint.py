@@ -52,8 +52,10 @@ def test_scores_accumulate_per_recipe_and_give_the_protocol_table(sweep, tmp_pat
     for fold in (0, 2):
         results.record(SETTINGS, "a-softmax", fold, scores[pairs.folds == fold], 60.0 * (fold + 1),
                        "tensorflow on CPU")
-    other_recipe = dict(SETTINGS, epochs=30)
-    results.record(other_recipe, "a-softmax", 1, scores[pairs.folds == 1], 30.0, "jax on H200")
+    other_recipe = dict(SETTINGS, epochs=30)  # another process, started before those records
+    other = sweep.SweepResults(str(path))
+    other.data = {"recipes": {}}  # what it read then
+    other.record(other_recipe, "a-softmax", 1, scores[pairs.folds == 1], 30.0, "jax on H200")
 
     reloaded = sweep.SweepResults(str(path))  # what the next session finds
     assert sorted(reloaded.runs(SETTINGS)["a-softmax"]) == ["0", "2"]
