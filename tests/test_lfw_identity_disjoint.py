@@ -1,7 +1,5 @@
 """examples/lfw_identity_disjoint.py: the results file the sweep accumulates its scores in."""
 
-import importlib.util
-import os
 import types
 
 import numpy as np
@@ -9,18 +7,14 @@ import pytest
 
 from keras_sphereface import UserInputError
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "lfw_identity_disjoint.py")
 SETTINGS = {"backbone": "sphere10", "width_multiplier": 0.25, "embedding_dim": 128, "epochs": 20,
             "batch_size": 64, "learning_rate": 0.04, "mixed_precision": None,
             "max_train_images": None, "seed": 0, "folds": [0, 2], "output": "ignored"}
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("lfw_identity_disjoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_example):
+    return load_example("lfw_identity_disjoint")
 
 
 def _pairs(num_folds=3, per_fold=20, seed=0):

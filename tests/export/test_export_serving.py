@@ -1,7 +1,6 @@
 """TF Serving compatibility without a model server: the requests of examples/serving_client.py
 are decoded the way the server decodes them and fed to the exported signature by name."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,11 +20,8 @@ CLIENT_PATH = os.path.join(REPO_ROOT, "examples", "serving_client.py")
 
 
 @pytest.fixture(scope="module")
-def client():
-    spec = importlib.util.spec_from_file_location("serving_client", CLIENT_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def client(load_example):
+    return load_example("serving_client")
 
 
 @pytest.fixture(scope="module")
