@@ -14,8 +14,9 @@ weight_normalization="projected", the default, is paid there), and prints that r
 
 The ratio is the median over alternating Dense / MarginSoftmax steps of their CPU-time ratio
 (CPU time summed over this process's threads stays stable when other jobs share the
-machine, and alternating makes both sides of each ratio run under the same load);
-median wall-clock times are printed beside it.
+machine, and alternating makes both sides of each ratio run under the same load); the
+modes take turns in rounds (3 rounds of 8 pairs by default), so that a slow spell of a
+shared machine is spread over every mode. Median wall-clock times are printed beside it.
 
     python bench/margin_overhead.py            # 10k and 100k classes, batch 256, 512-d
     python bench/margin_overhead.py --smoke    # 1k classes, a few repeats: seconds
@@ -78,18 +79,17 @@ def run_once(step, features, labels):
     return time.process_time() - start_cpu, time.perf_counter() - start_wall
 
 
-def paired_timings(dense_step, margin_step, features, labels, repeats):
-    """Median times of both steps and the median of their per-pair CPU-time ratios.
-
-    The two steps alternate, so each ratio compares runs made under the same load.
-    """
-    for step in (dense_step, margin_step):  # trace + warm up
-        run_once(step, features, labels)
-        run_once(step, features, labels)
+def alternating_runs(dense_step, margin_step, features, labels, repeats):
+    """`repeats` (dense, margin) pairs of runs, one right after the other: (cpu, wall) lists."""
     dense, margin = [], []
     for _ in range(repeats):
         dense.append(run_once(dense_step, features, labels))
         margin.append(run_once(margin_step, features, labels))
+    return dense, margin
+
+
+def summarize(dense, margin):
+    """Median times of both steps and the median of their per-pair CPU-time ratios."""
     ratios = [m[0] / d[0] for d, m in zip(dense, margin)]
     return (
         [statistics.median(t[i] for t in dense) for i in (0, 1)],
@@ -103,7 +103,9 @@ def main():
     parser.add_argument("--classes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=8, help="pairs of runs per round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which every mode takes its turn")
     parser.add_argument("--modes", nargs="+", default=list(MODES))
     parser.add_argument("--sample-rate", type=float, default=1.0,
                         help="Partial FC rate for MarginSoftmax (default 1: the full layer)")
@@ -115,12 +117,13 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="1k classes, 3 repeats")
     args = parser.parse_args()
     if args.smoke:
-        args.classes, args.repeats = [1000], 3
+        args.classes, args.repeats, args.rounds = [1000], 3, 1
 
     rng = np.random.default_rng(0)
     print(f"backend {keras.backend.backend()}, devices "
           f"{[d.device_type for d in tf.config.list_logical_devices()]}, "
-          f"batch {args.batch}, dim {args.dim}, median of {args.repeats}, "
+          f"batch {args.batch}, dim {args.dim}, median of {args.rounds} rounds × "
+          f"{args.repeats} pairs, "
           f"sample_rate {args.sample_rate}, XLA {args.jit_compile}, "
           f"weight_normalization {args.weight_normalization or 'default'}")
     print(f"{'classes':>8} {'mode':>15} {'dense cpu ms':>13} {'margin cpu ms':>14} {'ratio':>6}"
@@ -130,6 +133,7 @@ def main():
     for num_classes in args.classes:
         features = tf.constant(rng.standard_normal((args.batch, args.dim), dtype=np.float32))
         labels = tf.constant(rng.integers(0, num_classes, args.batch), dtype=tf.int32)
+        steps = {}
         for mode in args.modes:
             options = {}
             if args.weight_normalization and mode not in ("softmax", "lsoftmax"):
@@ -138,22 +142,35 @@ def main():
             head.build([(None, args.dim), (None,)])
             dense = keras.layers.Dense(num_classes, use_bias=head.bias is not None)
             dense.build((None, args.dim))
-            (dense_cpu, dense_wall), (margin_cpu, margin_wall), ratio = paired_timings(
-                make_step(dense, False, args.jit_compile),
-                make_step(head, True, args.jit_compile),
-                features,
-                labels,
-                args.repeats,
+            steps[mode] = {
+                "step": (make_step(dense, False, args.jit_compile),
+                         make_step(head, True, args.jit_compile)),
+                "train": (make_train_step(dense, False), make_train_step(head, True)),
+            }
+            for step in (*steps[mode]["step"], *steps[mode]["train"]):  # trace + warm up
+                run_once(step, features, labels)
+                run_once(step, features, labels)
+        # the modes take turns round by round, so a slow spell of the machine is spread
+        # over all of them instead of falling on one
+        runs = {mode: {kind: ([], []) for kind in ("step", "train")} for mode in args.modes}
+        for _ in range(args.rounds):
+            for mode in args.modes:
+                for kind in ("step", "train"):
+                    dense, margin = alternating_runs(*steps[mode][kind], features, labels,
+                                                     args.repeats)
+                    runs[mode][kind][0].extend(dense)
+                    runs[mode][kind][1].extend(margin)
+        for mode in args.modes:
+            (dense_cpu, dense_wall), (margin_cpu, margin_wall), ratio = summarize(
+                *runs[mode]["step"]
             )
-            _, _, train_step_ratio = paired_timings(
-                make_train_step(dense, False), make_train_step(head, True), features, labels,
-                args.repeats,
-            )
+            _, _, train_step_ratio = summarize(*runs[mode]["train"])
             worst = max(worst, ratio)
             worst_train_step = max(worst_train_step, train_step_ratio)
             print(f"{num_classes:>8} {mode:>15} {dense_cpu * 1e3:>13.1f} {margin_cpu * 1e3:>14.1f} "
                   f"{ratio:>6.2f} {dense_wall * 1e3:>14.1f} {margin_wall * 1e3:>15.1f} "
                   f"{margin_wall / dense_wall:>10.2f} {train_step_ratio:>17.2f}", flush=True)
+        del steps, runs
     print(f"worst forward+backward ratio {worst:.2f} (target <= 1.10); "
           f"worst train-step ratio {worst_train_step:.2f}")
 
