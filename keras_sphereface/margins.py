@@ -50,7 +50,7 @@ Unit class centres (`weight_normalization`, the modes with ‖W‖=1):
   it). ρ defaults to the initializer's RMS column norm (`expected_column_norm`: 0.51 from
   glorot_uniform at 128 × 854, 0.30 at 512 × 10,575), so both modes take the same steps
   from the same initialization; centre_norm=1.0 is the original SphereFace Caffe layer,
-  whose centres then learn ρ⁻² times more slowly (the README's LFW check: 0.9-1.6 points).
+  whose centres then learn ρ⁻² times more slowly (the README's LFW check: 1-2 points lower).
 - "reparametrized", as PyTorch heads that call F.normalize: W / ‖W‖ is computed in every
   call and the gradient is exact through it (its radial part removed); each column keeps
   the norm the initializer gave it, which the steps then grow and weight decay shrinks.
