@@ -759,3 +759,10 @@ def test_invalid_output_and_weight_normalization_are_refused():
         MarginSoftmax(10, mode="softmax", weight_normalization="projected")
     with pytest.raises(UserInputError, match="Received: weight_normalization='unit'"):
         MarginSoftmax(10, mode="cosface", weight_normalization="unit")
+    with pytest.raises(UserInputError, match="centre_norm=None unless weight_normalization="):
+        MarginSoftmax(10, mode="cosface", weight_normalization="reparametrized", centre_norm=1.0)
+    with pytest.raises(UserInputError, match="centre_norm=None unless"):
+        MarginSoftmax(10, mode="lsoftmax", centre_norm=1.0)
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(UserInputError, match="finite number > 0. Received: centre_norm="):
+            MarginSoftmax(10, mode="cosface", centre_norm=bad)
