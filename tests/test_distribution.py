@@ -103,7 +103,8 @@ def _build_model(sample_rate=1.0, output_mode="logits"):
     features = keras.layers.Dense(FEATURE_DIM, name="backbone")(inputs)
     logits = MarginSoftmax(
         NUM_CLASSES, mode="cosface", margin=MARGIN, scale=SCALE, sample_rate=sample_rate, seed=7,
-        output_mode=output_mode, centre_norm=1.0, name="margin_softmax",
+        output_mode=output_mode, weight_normalization="projected", centre_norm=1.0,
+        name="margin_softmax",
     )([features, labels])
     return keras.Model({"inputs": inputs, "labels": labels}, logits)
 

@@ -765,4 +765,4 @@ def test_invalid_output_and_weight_normalization_are_refused():
         MarginSoftmax(10, mode="lsoftmax", centre_norm=1.0)
     for bad in (0.0, -1.0, float("nan"), "1"):
         with pytest.raises(UserInputError, match="finite number > 0. Received: centre_norm="):
-            MarginSoftmax(10, mode="cosface", centre_norm=bad)
+            MarginSoftmax(10, mode="cosface", weight_normalization="projected", centre_norm=bad)

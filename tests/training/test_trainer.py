@@ -217,3 +217,14 @@ def test_without_tensorflow_trains_the_same_weights_from_face_dataset(
     assert len(got) == len(expected)
     for want, have in zip(expected, got):
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+
+
+def test_training_projects_the_class_centres_unless_told_otherwise():
+    from keras_sphereface import MarginSoftmax
+    from keras_sphereface.training.trainer import sgd_weight_normalization
+
+    assert MarginSoftmax(10, mode="cosface").weight_normalization == "reparametrized"
+    assert sgd_weight_normalization("a-softmax") == "projected"
+    assert sgd_weight_normalization("arcface", "reparametrized") == "reparametrized"
+    assert sgd_weight_normalization("softmax") is None
+    assert sgd_weight_normalization("lsoftmax") is None
