@@ -19,8 +19,8 @@ directory, so an interrupted sweep continues where it stopped.
         --configs softmax,a-softmax,cosface,arcface,a-softmax-m1,a-softmax-m2,a-softmax-m3 \\
         --backbone sphere20 --epochs 30 --mixed-precision bfloat16
     # the CPU recipe (~15 min a run on 2 cores), in pieces that fit a session:
-    python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint_cpu --backbone sphere10 \
-        --width-multiplier 0.25 --embedding-dim 128 --batch-size 64 --learning-rate 0.04 \
+    python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint_cpu --backbone sphere10 \\
+        --width-multiplier 0.25 --embedding-dim 128 --batch-size 64 --learning-rate 0.04 \\
         --epochs 20 --configs a-softmax,softmax,cosface,arcface --max-minutes 60
     # a CPU-scale check of the whole flow (tiny backbone, fold 0, 2,000 training images):
     python examples/lfw_identity_disjoint.py --smoke --output /tmp/lfw_smoke
