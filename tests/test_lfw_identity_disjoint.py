@@ -25,15 +25,21 @@ def _pairs(num_folds=3, per_fold=20, seed=0):
     return types.SimpleNamespace(folds=folds, is_same=is_same), scores
 
 
+def _best_midpoint(scores, is_same):
+    """The best midpoint threshold on these scores (lowest on ties) and its accuracy."""
+    candidates = np.sort(scores)
+    candidates = np.r_[candidates[0] - 1, (candidates[1:] + candidates[:-1]) / 2]
+    correct = [np.mean((scores > t) == is_same) for t in candidates]
+    best = int(np.argmax(correct))
+    return candidates[best], correct[best]
+
+
 def _protocol_accuracy(scores, is_same, folds, done):
     """Mean accuracy over `done`, each fold's threshold the best midpoint on the others."""
     accuracies = []
     for fold in done:
         train = np.isin(folds, done) & (folds != fold)
-        candidates = np.sort(scores[train])
-        candidates = np.r_[candidates[0] - 1, (candidates[1:] + candidates[:-1]) / 2]
-        correct = [np.mean((scores[train] > t) == is_same[train]) for t in candidates]
-        threshold = candidates[int(np.argmax(correct))]
+        threshold, _ = _best_midpoint(scores[train], is_same[train])
         test = folds == fold
         accuracies.append(np.mean((scores[test] > threshold) == is_same[test]))
     return np.mean(accuracies)
@@ -59,7 +65,11 @@ def test_scores_accumulate_per_recipe_and_give_the_protocol_table(sweep, tmp_pat
     expected = _protocol_accuracy(scores, pairs.is_same, pairs.folds, [0, 2])
     row = next(line for line in table.splitlines() if "2/10 (0,2)" in line)
     assert f"| {100 * expected:.2f} ± " in row and "| 2.0 min |" in row
-    assert "1/10 (1) | – |" in table  # one fold: no other fold to choose its threshold on
+    # one fold: no other fold to choose its threshold on; the fold's own best threshold
+    _, fold_one = _best_midpoint(scores[pairs.folds == 1], pairs.is_same[pairs.folds == 1])
+    row = next(line for line in table.splitlines() if "1/10 (1)" in line)
+    assert f"| {100 * fold_one:.2f} % (threshold chosen on the fold itself: optimistic) |" in row
+    assert "1/10 (1) | – |" in row  # and no AUC of the protocol
 
 
 def test_a_damaged_results_file_is_named(sweep, tmp_path):
