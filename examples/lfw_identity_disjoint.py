@@ -29,7 +29,8 @@ Every finished (config, fold) adds its 600 held-out cosine scores, training time
 to the results file (`--results`, default examples/results/lfw_identity_disjoint.json, kept
 in the repository), under a key naming the training recipe; a (config, fold) already there
 is skipped, so the sweep accumulates across machines and sessions, and `--max-minutes`
-stops it between runs to fit a time limit. The table (results.md beside the results file)
+stops it between runs to fit a time limit. Runs go fold by fold (every config on fold 0,
+then fold 1, ...), so a sweep cut short still compares the configs on the same folds. The table (results.md beside the results file)
 comes from the scores alone: the protocol over every fold done (10 for the real figure).
 Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
 run's scores are recorded.
@@ -250,6 +251,14 @@ class SweepResults:
         )
         return recipe["runs"]
 
+    def todo(self, settings):
+        """The (config, fold) runs of settings["configs"] x settings["folds"] not yet recorded,
+        fold-major: a sweep cut short (--max-minutes) still compares the configs on the same
+        folds."""
+        done = self.runs(settings)
+        return [(name, fold) for fold in settings["folds"] for name in settings["configs"]
+                if str(fold) not in done.get(name, {})]
+
     def record(self, settings, name, fold, scores, train_seconds, device):
         self.data = self._read()  # keep what another process recorded meanwhile
         self.runs(settings).setdefault(name, {})[str(fold)] = {
@@ -321,9 +330,7 @@ def main():
     pairs = read_pairs(lfw_dir / LFW_PAIRS, images_dir)
     results = SweepResults(args.results)
     settings = vars(args)
-    done = results.runs(settings)
-    todo = [(name, fold) for name in args.configs for fold in args.folds
-            if str(fold) not in done.get(name, {})]
+    todo = results.todo(settings)
     print(f"{len(todo)} of {len(args.configs) * len(args.folds)} runs to do "
           f"(recipe: {results.recipe_key(settings)}; results: {args.results})", flush=True)
     if todo:

@@ -77,3 +77,10 @@ def test_a_damaged_results_file_is_named(sweep, tmp_path):
     path.write_text('{"recipes": {')
     with pytest.raises(UserInputError, match="sweep.json to be a results file"):
         sweep.SweepResults(str(path))
+
+
+def test_todo_skips_recorded_runs_fold_by_fold(sweep, tmp_path):
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    results.record(SETTINGS, "a-softmax", 0, np.zeros(600), 1.0, "cpu")
+    settings = dict(SETTINGS, configs=["a-softmax", "softmax"], folds=[0, 1])
+    assert results.todo(settings) == [("softmax", 0), ("a-softmax", 1), ("softmax", 1)]
