@@ -10,7 +10,7 @@ so the ratio is the cost of the normalization and the margin, not of a missing b
 
 It also times the whole training step of each head (forward, backward, and the update of
 SGD with momentum 0.9, which applies the kernel's constraint: the column projection of
-weight_normalization="projected", the default, is paid there), and prints that ratio beside it.
+weight_normalization="projected" is paid there), and prints that ratio beside it.
 
 The ratio is the median over alternating Dense / MarginSoftmax steps of their CPU-time ratio
 (CPU time summed over this process's threads stays stable when other jobs share the

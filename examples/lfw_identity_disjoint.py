@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from keras_sphereface import MarginSoftmax  # noqa: E402
 from keras_sphereface.alignment import align_folder, lfw_landmarks_path  # noqa: E402
 from keras_sphereface.atomic import atomic_path  # noqa: E402
 from keras_sphereface.data import scan_identity_folder  # noqa: E402
@@ -60,6 +61,7 @@ from keras_sphereface.evaluation.protocol import (  # noqa: E402
     scores_protocol,
 )
 from keras_sphereface.training import resume, train  # noqa: E402
+from keras_sphereface.training.trainer import read_config  # noqa: E402
 
 # name -> (MarginSoftmax mode, margin, scale)
 CONFIGS = {
@@ -78,7 +80,7 @@ DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resu
                                "lfw_identity_disjoint.json")
 # the settings that change what a run learns: a recipe's key in the results file
 RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size",
-          "learning_rate", "mixed_precision", "max_train_images", "seed")
+          "learning_rate", "mixed_precision", "max_train_images", "seed", "weight_normalization")
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -111,6 +113,9 @@ def parse_args():
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="train on a seeded random subset of this many images (CPU checks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight-normalization", choices=["reparametrized", "projected"],
+                        default="reparametrized",
+                        help="the class centres of the configs that normalize them (MarginSoftmax)")
     parser.add_argument("--results", default=None,
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
@@ -192,17 +197,21 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     """Train (or resume) the fold's model; return the cosine scores of fold `fold`'s pairs
     (in pairs.txt order) and the training time in seconds."""
     mode, margin, scale = CONFIGS[name]
+    normalizes_weights = MarginSoftmax(2, mode=mode).normalize_weights
     run_dir = os.path.join(args.output, name, f"fold{fold}")
+    options = dict(
+        backbone=args.backbone, mode=mode, margin=margin, scale=scale, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
+        mixed_precision=args.mixed_precision, seed=args.seed,
+        weight_normalization=args.weight_normalization if normalizes_weights else None,
+    )
     started = time.time()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
+        check_run_recipe(run_dir, options)
         result = resume(run_dir)
     else:
-        result = train(
-            list_path, run_dir, backbone=args.backbone, mode=mode, margin=margin, scale=scale,
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-            width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
-            mixed_precision=args.mixed_precision, cache=True, seed=args.seed, verbose=2,
-        )
+        result = train(list_path, run_dir, cache=True, verbose=2, **options)
     train_seconds = time.time() - started
     if result.stopped:
         raise SystemExit(f"{run_dir}: training {result.stopped}; rerun to continue")
@@ -217,6 +226,19 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     left = np.stack([embeddings[p] for p in np.array(pairs.left)[test]])
     right = np.stack([embeddings[p] for p in np.array(pairs.right)[test]])
     return cosine_scores(left, right), train_seconds
+
+
+def check_run_recipe(run_dir, options):
+    """Refuse to resume a run dir trained with other settings than this sweep's recipe (its
+    scores would be recorded under the wrong recipe)."""
+    config = read_config(run_dir)
+    for key, value in options.items():
+        if config.get(key) != value:
+            raise UserInputError(
+                f"Expected the run in {run_dir} to have {key}={value!r}, as this sweep's "
+                f"recipe. Received: {key}={config.get(key)!r} in its config.json (use another "
+                "--output for this recipe)."
+            )
 
 
 class SweepResults:

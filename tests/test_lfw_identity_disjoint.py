@@ -1,5 +1,6 @@
 """examples/lfw_identity_disjoint.py: the results file the sweep accumulates its scores in."""
 
+import json
 import types
 
 import numpy as np
@@ -9,7 +10,8 @@ from keras_sphereface import UserInputError
 
 SETTINGS = {"backbone": "sphere10", "width_multiplier": 0.25, "embedding_dim": 128, "epochs": 20,
             "batch_size": 64, "learning_rate": 0.04, "mixed_precision": None,
-            "max_train_images": None, "seed": 0, "folds": [0, 2], "output": "ignored"}
+            "max_train_images": None, "seed": 0, "weight_normalization": "reparametrized",
+            "folds": [0, 2], "output": "ignored"}
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +86,16 @@ def test_todo_skips_recorded_runs_fold_by_fold(sweep, tmp_path):
     results.record(SETTINGS, "a-softmax", 0, np.zeros(600), 1.0, "cpu")
     settings = dict(SETTINGS, configs=["a-softmax", "softmax"], folds=[0, 1])
     assert results.todo(settings) == [("softmax", 0), ("a-softmax", 1), ("softmax", 1)]
+
+
+def test_a_run_dir_of_another_recipe_is_not_resumed(sweep, tmp_path):
+    options = {"backbone": "sphere10", "epochs": 20, "seed": 0,
+               "weight_normalization": "reparametrized"}
+    config = dict(options, data="train.txt", steps_per_epoch=188)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    sweep.check_run_recipe(str(tmp_path), options)  # the same recipe: resumed
+    path.write_text(json.dumps(dict(config, weight_normalization="projected")))
+    with pytest.raises(UserInputError, match="weight_normalization='reparametrized'.*Received: "
+                                             "weight_normalization='projected'"):
+        sweep.check_run_recipe(str(tmp_path), options)

@@ -50,9 +50,10 @@ def _conflicts(ctx, config):
 @click.option("--margin", type=float, help="Margin m (default: the mode's, e.g. 4 for sphereface).")
 @click.option("--scale", type=float, help="Scale s for the normalized modes (default: the mode's).")
 @click.option("--weight-normalization", type=click.Choice(["reparametrized", "projected"]),
-              help="Unit class centres of the normalized modes: columns kept at the "
-                   "initializer's norm by projection (default: a plain-matmul head) or W/‖W‖ "
-                   "with its exact gradient (slower, the same steps to first order).")
+              help="Unit class centres of the normalized modes: W/‖W‖ with its exact "
+                   "gradient (default, reparametrized) or columns kept at the initializer's "
+                   "norm by projection (a plain-matmul head, faster; its centre steps do not "
+                   "shrink as W/‖W‖'s do, too large with many classes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs of the run.  [default: 1]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", "learning_rate", type=float,

@@ -125,17 +125,6 @@ def default_learning_rate(batch_size):
     return 0.1 * batch_size / 256
 
 
-def sgd_weight_normalization(mode, weight_normalization=None):
-    """The head's weight_normalization under this package's SGD: as given, else "projected"
-    for the modes that normalize W (None for softmax and lsoftmax). Under SGD the projected
-    head takes the reparametrized head's steps to first order at a fraction of its cost (the
-    README's LFW A/B scores them equal); `MarginSoftmax` itself defaults to "reparametrized",
-    which is right for every optimizer."""
-    if weight_normalization is not None:
-        return weight_normalization
-    return "projected" if MarginSoftmax(2, mode=mode).normalize_weights else None
-
-
 def compiled_training_model(
     backbone,
     num_classes,
@@ -152,9 +141,9 @@ def compiled_training_model(
     weight_normalization=None,
 ):
     """The compiled model `train` fits: `backbone` + `MarginSoftmax(mode, margin, scale,
-    weight_normalization)` (`build_training_model`; `sgd_weight_normalization`: "projected"
-    unless told otherwise), `CoupledWeightDecaySGD` with the paper's step schedule over
-    `total_steps` (`paper_step_schedule`), sparse cross-entropy from logits, accuracy.
+    weight_normalization)` (`build_training_model`), `CoupledWeightDecaySGD` with the paper's
+    step schedule over `total_steps` (`paper_step_schedule`), sparse cross-entropy from
+    logits, accuracy.
 
     `backbone` is a backbone model built with `dtype=mixed_precision_policy(mixed_precision)`;
     "float16" also wraps the optimizer in `LossScaleOptimizer`. `jit_compile` and
@@ -164,7 +153,7 @@ def compiled_training_model(
     mixed_precision_policy(mixed_precision)  # validates
     model = build_training_model(
         backbone, num_classes, mode=mode, margin=margin, scale=scale,
-        weight_normalization=sgd_weight_normalization(mode, weight_normalization),
+        weight_normalization=weight_normalization,
     )
     optimizer = CoupledWeightDecaySGD(
         paper_step_schedule(total_steps, learning_rate),
@@ -215,9 +204,8 @@ def train(
         output: run directory; must not hold a previous run (continue one with `resume`).
         backbone, width_multiplier, embedding_dim: the Sphere-N backbone (`get_backbone`).
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
-        weight_normalization: the head's "projected" (default here, see
-            `sgd_weight_normalization`) or "reparametrized" unit class centres (normalized
-            modes only; see `MarginSoftmax`).
+        weight_normalization: the head's unit class centres, "reparametrized" (None: the
+            layer's default) or "projected" (normalized modes only; see `MarginSoftmax`).
         epochs, batch_size: epochs of `len(images) // batch_size` full batches each.
         learning_rate, momentum, weight_decay: SGD with coupled weight decay and the paper's
             step schedule scaled to `epochs × steps per epoch`. `learning_rate=None`:
@@ -260,7 +248,6 @@ def train(
         width_multiplier=width_multiplier,
         dtype=policy,
     )
-    weight_normalization = sgd_weight_normalization(mode, weight_normalization)
     MarginSoftmax(  # validates the head's arguments before any data is read
         2, mode=mode, margin=margin, scale=scale, weight_normalization=weight_normalization
     )
