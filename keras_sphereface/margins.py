@@ -39,27 +39,30 @@ scale keeps its softmax from saturating). sphereface has no scale by default (th
 norm ‖x‖ plays its role, as in the paper); giving one normalizes the features too.
 
 Unit class centres (`weight_normalization`, the modes with ‖W‖=1):
-- "reparametrized" (default, right for any optimizer), as PyTorch heads that call
-  F.normalize: W / ‖W‖ is computed in every call and the gradient is exact through it (its
-  radial part removed); each column keeps the norm the initializer gave it, which the steps
-  then grow and weight decay shrinks. On the TensorFlow CPU backend the norms and the
-  radial term cost 14-24 % over a Dense head in forward+backward (bench/margin_overhead.py).
-- "projected" (what `training.train` uses with its SGD): the kernel's columns are kept at
-  one norm ρ (`centre_norm`), so W/ρ holds the unit centres. The initial kernel is
-  projected onto norm ρ and the kernel's constraint renormalizes the columns after every
-  optimizer step (Keras optimizers apply constraints), so the logits are a plain matmul,
-  features·W with 1/ρ folded into the (B, D) feature scaling (1-7 % over a Dense head; the
-  renormalization is paid in the optimizer step), and the kernel gradient is the plain
-  one, whose radial part the renormalization removes. Under SGD a step then turns a centre
-  by lr·g/ρ², as the "reparametrized" step does at column norm ρ, to first order in the
-  learning rate (a test checks it). Adam-like optimizers scale each coordinate of the
-  gradient, its radial part included, so there the two differ (the demo's digits with
-  Adam: projected A-Softmax and ArcFace verified 96.0 / 91.0 %, reparametrized 98.7 /
-  97.7 %). ρ defaults to the initializer's RMS column norm (`expected_column_norm`: 0.51
-  from glorot_uniform at 128 × 854, 0.30 at 512 × 10,575), so both modes take the same SGD
-  steps from the same initialization; centre_norm=1.0 is the original SphereFace Caffe
-  layer, whose centres then learn ρ⁻² times more slowly (the README's LFW check: 1-2 points
-  lower).
+- "reparametrized" (default, right for any optimizer, and what `training.train` uses), as
+  PyTorch heads that call F.normalize: W / ‖W‖ is computed in every call and the gradient is
+  exact through it (its radial part removed); each column keeps the norm the initializer
+  gave it, which the steps then grow and weight decay shrinks. On the TensorFlow CPU backend
+  the norms and the radial term cost 14-24 % over a Dense head in forward+backward
+  (bench/margin_overhead.py).
+- "projected": the kernel's columns are kept at one norm ρ (`centre_norm`), so W/ρ holds the
+  unit centres. The initial kernel is projected onto norm ρ and the kernel's constraint
+  renormalizes the columns after every optimizer step (Keras optimizers apply constraints),
+  so the logits are a plain matmul, features·W with 1/ρ folded into the (B, D) feature
+  scaling (1-7 % over a Dense head; the renormalization is paid in the optimizer step), and
+  the kernel gradient is the plain one, whose radial part the renormalization removes. Under
+  SGD a step then turns a centre by lr·g/ρ², as the "reparametrized" step does at column
+  norm ρ, to first order in the learning rate (a test checks it). Adam-like optimizers scale
+  each coordinate of the gradient, its radial part included, so there the two differ (the
+  demo's digits with Adam: projected A-Softmax and ArcFace verified 96.0 / 91.0 %,
+  reparametrized 98.7 / 97.7 %). ρ defaults to the initializer's RMS column norm
+  (`expected_column_norm`: 0.51 from glorot_uniform at 128 × 854, 0.30 at 512 × 10,575), so
+  both modes take the same SGD steps from the same initialization; centre_norm=1.0 is the
+  original SphereFace Caffe layer, whose centres then learn ρ⁻² times more slowly (the
+  README's LFW check: 1-2 points lower). Only the first steps are the same: each
+  reparametrized step lengthens the columns, so later turns shrink, while ρ stays; with many
+  classes glorot's ρ is small (0.22 at 128 × 5,314) and CosFace did not learn with it
+  (README).
 Either way the matmul has a hand-fused gradient (`matmul_with_true_logits`) that also
 hands out the B true-class logits; the margin (with its acos/cos) runs on those B values
 only and one scatter writes them back. All maths is float32, whatever the dtype policy.
@@ -411,8 +414,8 @@ class MarginSoftmax(keras.layers.Layer):
         weight_normalization: how ‖W‖=1 is kept in the modes that normalize W:
             "reparametrized" (None's default there: W / ‖W‖ in every call, exact gradient
             through it, for any optimizer) or "projected" (columns kept at norm ρ by a
-            constraint, plain matmul, faster; the same steps under SGD); see the module
-            docstring. None for softmax and lsoftmax.
+            constraint, plain matmul, faster; the same first steps under SGD); see the
+            module docstring. None for softmax and lsoftmax.
         centre_norm: ρ, the column norm of a "projected" kernel. None: the initializer's
             RMS column norm (the steps of "reparametrized" from the same initialization);
             1.0: the SphereFace Caffe layer. Only with weight_normalization="projected".
