@@ -61,7 +61,7 @@ from keras_sphereface.evaluation.protocol import (  # noqa: E402
     scores_protocol,
 )
 from keras_sphereface.training import resume, train  # noqa: E402
-from keras_sphereface.training.trainer import read_config  # noqa: E402
+from keras_sphereface.training.trainer import default_warmup_epochs, read_config  # noqa: E402
 
 # name -> (MarginSoftmax mode, margin, scale)
 CONFIGS = {
@@ -80,7 +80,8 @@ DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resu
                                "lfw_identity_disjoint.json")
 # the settings that change what a run learns: a recipe's key in the results file
 RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size",
-          "learning_rate", "mixed_precision", "max_train_images", "seed", "weight_normalization")
+          "learning_rate", "mixed_precision", "max_train_images", "seed", "weight_normalization",
+          "warmup_epochs")
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -116,6 +117,9 @@ def parse_args():
     parser.add_argument("--weight-normalization", choices=["reparametrized", "projected"],
                         default="reparametrized",
                         help="the class centres of the configs that normalize them (MarginSoftmax)")
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="linear lr warmup (default: train's, 2 epochs for CosFace / ArcFace "
+                             "/ CurricularFace, 0 for softmax and A-Softmax)")
     parser.add_argument("--results", default=None,
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
@@ -205,6 +209,8 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
         width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
         mixed_precision=args.mixed_precision, seed=args.seed,
         weight_normalization=args.weight_normalization if normalizes_weights else None,
+        warmup_epochs=(default_warmup_epochs(mode) if args.warmup_epochs is None
+                       else args.warmup_epochs),
     )
     started = time.time()
     if os.path.isfile(os.path.join(run_dir, "config.json")):

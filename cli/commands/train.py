@@ -5,7 +5,7 @@ import click
 # options a resumed run takes from its config.json (the data, model and recipe must not change)
 _STORED = (
     "data", "backbone", "mode", "margin", "scale", "weight_normalization", "batch_size",
-    "learning_rate",
+    "learning_rate", "warmup_epochs",
     "weight_decay", "width_multiplier", "embedding_dim", "image_size", "landmarks",
     "mixed_precision", "jit_compile", "skip_bad", "cache", "seed",
 )  # fmt: skip
@@ -52,13 +52,16 @@ def _conflicts(ctx, config):
 @click.option("--weight-normalization", type=click.Choice(["reparametrized", "projected"]),
               help="Unit class centres of the normalized modes: W/‖W‖ with its exact "
                    "gradient (default, reparametrized) or columns kept at the initializer's "
-                   "norm by projection (a plain-matmul head, faster; its centre steps do not "
-                   "shrink as W/‖W‖'s do, too large with many classes).")
+                   "norm by projection (a plain-matmul head, faster; its centre steps stay as "
+                   "large as the first ones, too large with many classes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Total epochs of the run.  [default: 1]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", "learning_rate", type=float,
               help="Initial learning rate; ÷10 at 16/28 and 24/28 of the run (the paper's steps). "
               "Default: 0.1 × batch-size / 256 (the paper's 0.1 at batch 256, scaled linearly).")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0),
+              help="Epochs of linear learning-rate warmup. Default: 2 for the modes that "
+                   "normalize the features (normface, cosface, arcface, ...), else 0.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float,
               help="Coupled (Caffe-style L2) weight decay of the SGD.")
 @click.option("--width-multiplier", default=1.0, show_default=True, type=float,

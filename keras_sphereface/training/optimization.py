@@ -85,9 +85,39 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
         return config
 
 
-def paper_step_schedule(total_steps, learning_rate=0.1):
+@keras.saving.register_keras_serializable(package="keras_sphereface")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule`, scaled by min(1, (step + 1) / warmup_steps): a linear ramp from
+    lr / warmup_steps at step 0 to the full lr at step warmup_steps − 1 (Goyal et al. 2017)."""
+
+    def __init__(self, schedule, warmup_steps):
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 1):
+            raise ValueError(
+                f"Expected warmup_steps to be an integer >= 1. Received: {warmup_steps!r}"
+            )
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        ramp = ops.minimum(1.0, (ops.cast(step, "float32") + 1.0) / self.warmup_steps)
+        return self.schedule(step) * ramp
+
+    def get_config(self):
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, config["warmup_steps"])
+
+
+def paper_step_schedule(total_steps, learning_rate=0.1, warmup_steps=0):
     """The SphereFace schedule scaled to `total_steps`: lr, lr/10 from 16/28 of the run,
-    lr/100 from 24/28 (the paper: 0.1 → 0.01 at 16k → 0.001 at 24k, stop at 28k).
+    lr/100 from 24/28 (the paper: 0.1 → 0.01 at 16k → 0.001 at 24k, stop at 28k), with a
+    `LinearWarmup` over the first `warmup_steps` if > 0.
 
     Steps count from 0 like Caffe's "multistep": with 28,000 steps, steps 0 … 15,999 use lr.
     """
@@ -96,7 +126,8 @@ def paper_step_schedule(total_steps, learning_rate=0.1):
         raise ValueError(f"Expected total_steps >= 1. Received: {total_steps}")
     first = max(1, round(total_steps * 16 / 28))
     second = max(first + 1, round(total_steps * 24 / 28))
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         boundaries=[first - 1, second - 1],
         values=[learning_rate, learning_rate / 10, learning_rate / 100],
     )
+    return LinearWarmup(schedule, int(warmup_steps)) if warmup_steps else schedule

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_sphereface import MarginSoftmax
-from keras_sphereface.training.optimization import CoupledWeightDecaySGD
+from keras_sphereface.training.optimization import CoupledWeightDecaySGD, paper_step_schedule
 
 pytestmark = pytest.mark.multi_backend
 
@@ -84,3 +84,19 @@ def test_partial_fc_fit_moves_only_the_sampled_class_centres(weight_normalizatio
     model.fit([x, y], y, batch_size=batch, epochs=1, verbose=0)  # one step: ceil(0.1·400) = 40
     changed = np.flatnonzero(np.any(keras.ops.convert_to_numpy(head.kernel) != before, axis=0))
     assert set(y) <= set(changed) and len(changed) == 40
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_step_schedule_ramps_up_linearly_then_steps_and_survives_serialization(warmup):
+    total, lr = 28, 0.1
+    schedule = paper_step_schedule(total, lr, warmup)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+
+    def expected(step):  # the paper's steps at 16 and 24 of 28, times the ramp (step + 1) / warmup
+        base = lr if step < 16 else lr / 10 if step < 24 else lr / 100
+        return base * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    for step in range(total + 2):
+        assert float(schedule(step)) == pytest.approx(expected(step), rel=1e-6)
+        assert float(restored(step)) == pytest.approx(expected(step), rel=1e-6)

@@ -82,6 +82,23 @@ def test_log_has_loss_accuracy_lr_and_lambda(straight_run):
         assert float(row["learning_rate"]) == pytest.approx(expected_lr, rel=1e-5)
 
 
+def test_normalized_feature_modes_warm_up_by_default(identity_folder, tmp_path):
+    from keras_sphereface.training.trainer import default_warmup_epochs
+
+    assert [default_warmup_epochs(m) for m in ("softmax", "sphereface", "cosface", "arcface")] == [
+        0, 0, 2, 2
+    ]
+    output = tmp_path / "cosface"
+    train(identity_folder, output, epochs=2, mode="cosface", verbose=0, **TINY)
+    assert json.load(open(output / "config.json"))["warmup_epochs"] == 2
+    base, warmup_steps = 0.1 * TINY["batch_size"] / 256, 2 * 3
+    # read after each epoch's last step: iteration 3 (steps at 3 and 5 of 6), then 6
+    logged = [float(r["learning_rate"]) for r in csv.DictReader(open(output / "log.csv"))]
+    assert logged == pytest.approx([base / 10 * 4 / warmup_steps, base / 100], rel=1e-5)
+    reloaded = keras.saving.load_model(output / "checkpoint.keras")  # the schedule deserializes
+    assert float(reloaded.optimizer.learning_rate) == pytest.approx(base / 100, rel=1e-5)
+
+
 class InterruptAt(keras.callbacks.Callback):
     """Raise KeyboardInterrupt (Ctrl-C) in the middle of `epoch` (0-based)."""
 
