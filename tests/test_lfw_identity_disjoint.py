@@ -8,10 +8,10 @@ import pytest
 
 from keras_sphereface import UserInputError
 
-SETTINGS = {"warmup_epochs": None, "backbone": "sphere10", "width_multiplier": 0.25, "embedding_dim": 128, "epochs": 20,
+SETTINGS = {"backbone": "sphere10", "width_multiplier": 0.25, "embedding_dim": 128, "epochs": 20,
             "batch_size": 64, "learning_rate": 0.04, "mixed_precision": None,
             "max_train_images": None, "seed": 0, "weight_normalization": "reparametrized",
-            "folds": [0, 2], "output": "ignored"}
+            "warmup_epochs": None, "folds": [0, 2], "output": "ignored"}
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def test_partial_fc_fit_moves_only_the_sampled_class_centres(weight_normalizatio
 def test_step_schedule_ramps_up_linearly_then_steps_and_survives_serialization(warmup):
     total, lr = 28, 0.1
     schedule = paper_step_schedule(total, lr, warmup)
-    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    schedules = keras.optimizers.schedules
+    restored = schedules.deserialize(schedules.serialize(schedule))
 
     def expected(step):  # the paper's steps at 16 and 24 of 28, times the ramp (step + 1) / warmup
         base = lr if step < 16 else lr / 10 if step < 24 else lr / 100
