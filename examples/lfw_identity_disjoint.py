@@ -209,7 +209,7 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
         width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
         mixed_precision=args.mixed_precision, seed=args.seed,
         weight_normalization=args.weight_normalization if normalizes_weights else None,
-        warmup_epochs=(default_warmup_epochs(mode) if args.warmup_epochs is None
+        warmup_epochs=(default_warmup_epochs(mode, scale) if args.warmup_epochs is None
                        else args.warmup_epochs),
     )
     started = time.time()

@@ -125,8 +125,9 @@ def default_learning_rate(batch_size):
     return 0.1 * batch_size / 256
 
 
-def default_warmup_epochs(mode):
-    """2 for the modes that normalize the features (normface, cosface, arcface, ...), else 0.
+def default_warmup_epochs(mode, scale=None):
+    """2 where the head normalizes the features (normface, cosface, arcface, ..., and
+    sphereface given a scale), else 0.
 
     Their loss gradient on a feature x is s/‖x‖ times a unit-scale term: at s = 30 and the
     ‖x‖ ≈ 1 of a freshly initialized Sphere net, the first full-lr steps blow the backbone's
@@ -134,7 +135,7 @@ def default_warmup_epochs(mode):
     (CosFace on 5,314 LFW identities: ‖x‖ ≈ 3·10⁵ after 4 epochs, training accuracy 0; with
     2 epochs of warmup it learns, README). A-Softmax warms up through its λ annealing.
     """
-    return 2 if MarginSoftmax(2, mode=mode).normalize_features else 0
+    return 2 if MarginSoftmax(2, mode=mode, scale=scale).normalize_features else 0
 
 
 def compiled_training_model(
@@ -225,7 +226,8 @@ def train(
             step schedule scaled to `epochs × steps per epoch`. `learning_rate=None`:
             `default_learning_rate(batch_size)`, 0.1 × batch_size / 256.
         warmup_epochs: epochs (a float is fine) of linear learning-rate warmup before the
-            steps; None: `default_warmup_epochs(mode)`, 2 for the normalized-feature modes.
+            steps; None: `default_warmup_epochs(mode, scale)`, 2 where the features are
+            normalized.
         image_size: (height, width) or "112x96" / "112x112".
         landmarks: landmarks file to align the images on the fly; None: aligned crops.
         mixed_precision: None, "bfloat16" or "float16" (float16 adds loss scaling).
@@ -246,7 +248,7 @@ def train(
     if learning_rate is None:
         learning_rate = default_learning_rate(batch_size)
     if warmup_epochs is None:
-        warmup_epochs = default_warmup_epochs(mode)
+        warmup_epochs = default_warmup_epochs(mode, scale)
     if not (isinstance(warmup_epochs, (int, float)) and 0 <= warmup_epochs < float("inf")):
         raise UserInputError(f"Expected warmup_epochs >= 0. Received: {warmup_epochs!r}")
     policy = mixed_precision_policy(mixed_precision)

@@ -85,9 +85,9 @@ def test_log_has_loss_accuracy_lr_and_lambda(straight_run):
 def test_normalized_feature_modes_warm_up_by_default(identity_folder, tmp_path):
     from keras_sphereface.training.trainer import default_warmup_epochs
 
-    assert [default_warmup_epochs(m) for m in ("softmax", "sphereface", "cosface", "arcface")] == [
-        0, 0, 2, 2
-    ]
+    modes = ("softmax", "lsoftmax", "sphereface", "cosface", "arcface")
+    assert [default_warmup_epochs(mode) for mode in modes] == [0, 0, 0, 2, 2]
+    assert default_warmup_epochs("sphereface", scale=30.0) == 2  # a scale normalizes x too
     output = tmp_path / "cosface"
     train(identity_folder, output, epochs=2, mode="cosface", verbose=0, **TINY)
     assert json.load(open(output / "config.json"))["warmup_epochs"] == 2
