@@ -11,7 +11,9 @@ over the folds. Mean-feature subtraction is off: the 10 models have 10 feature s
 The deep-funneled 250×250 frames are aligned once onto the 112×96 template with the
 package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_112x96).
 Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4, the
-paper's step schedule, horizontal flips, crops cached in memory); every run has its own run
+paper's step schedule after train's default warmup: 2 epochs for CosFace / ArcFace /
+CurricularFace, none for softmax and A-Softmax; the reparametrized head; horizontal flips,
+crops cached in memory); every run has its own run
 directory, so an interrupted sweep continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
