@@ -13,8 +13,8 @@ package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_1
 Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4, the
 paper's step schedule after train's default warmup: 2 epochs for CosFace / ArcFace /
 CurricularFace, none for softmax and A-Softmax; the reparametrized head; horizontal flips,
-crops cached in memory); every run has its own run
-directory, so an interrupted sweep continues where it stopped.
+crops cached in memory); every run has its own run directory, so an interrupted sweep
+continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
@@ -32,8 +32,9 @@ to the results file (`--results`, default examples/results/lfw_identity_disjoint
 in the repository), under a key naming the training recipe; a (config, fold) already there
 is skipped, so the sweep accumulates across machines and sessions, and `--max-minutes`
 stops it between runs to fit a time limit. Runs go fold by fold (every config on fold 0,
-then fold 1, ...), so a sweep cut short still compares the configs on the same folds. The table (results.md beside the results file)
-comes from the scores alone: the protocol over every fold done (10 for the real figure).
+then fold 1, ...), so a sweep cut short still compares the configs on the same folds. The
+table (results.md beside the results file) comes from the scores alone: the protocol over
+every fold done (10 for the real figure).
 Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
 run's scores are recorded.
 """
