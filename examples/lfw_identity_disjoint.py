@@ -36,7 +36,10 @@ then fold 1, ...), so a sweep cut short still compares the configs on the same f
 table (results.md beside the results file) comes from the scores alone: the protocol over
 every fold done (10 for the real figure).
 Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
-run's scores are recorded.
+run's scores are recorded. `--aligned-dir` reuses crops aligned earlier (the LFW folder then
+needs only pairs.txt), `--merge FILE` adds the runs another machine recorded in its copy of
+the results file; bench/device_lfw_sweep.py uses both to run the GPU recipe on a machine
+without TensorFlow, network or LFW.
 """
 
 import argparse
@@ -102,6 +105,10 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lfw-dir", default=None, help="LFW folder (default: $LFW_DIR)")
     parser.add_argument("--output", default="runs/lfw_identity_disjoint")
+    parser.add_argument("--aligned-dir", default=None,
+                        help="LFW already aligned onto the 112x96 template (NAME/NAME_0001.jpg, "
+                             "as OUTPUT/aligned_112x96 of an earlier sweep): no alignment, and "
+                             "the LFW folder needs only pairs.txt")
     parser.add_argument("--landmarks", default=None,
                         help="landmarks file of lfw-deepfunneled (default: the shipped one)")
     parser.add_argument("--configs", default="softmax,a-softmax,cosface,arcface",
@@ -127,6 +134,9 @@ def parse_args():
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
                              "with --smoke)")
+    parser.add_argument("--merge", default=None, metavar="FILE",
+                        help="add the runs recorded in FILE (another machine's results file) "
+                             "that the results file lacks, rewrite the table, and stop")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no further (config, fold) run after this many minutes")
     parser.add_argument("--smoke", action="store_true",
@@ -177,6 +187,8 @@ def align_lfw(output, images_dir, landmarks_path):
 def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
     """Per fold k, a list file OUTPUT/train_fold{k}.txt of the crops of every identity absent
     from fold k (paths relative to OUTPUT, labels 0..C-1)."""
+    os.makedirs(output, exist_ok=True)
+    prefix = os.path.relpath(aligned_dir, output)
     index = scan_identity_folder(aligned_dir)
     names = np.array(index.class_names)[index.labels]
     lists = {}
@@ -193,7 +205,7 @@ def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(f"# LFW crops of the {len(identities)} identities absent from fold {fold}\n")
                 for i in keep:
-                    f.write(f"{ALIGNED}/{index.paths[i]} {label_of[names[i]]}\n")
+                    f.write(f"{prefix}/{index.paths[i]} {label_of[names[i]]}\n")
         lists[fold] = path
         print(f"fold {fold}: {len(in_fold)} identities held out; training on {len(keep)} images "
               f"of {len(identities)} identities")
@@ -298,6 +310,38 @@ class SweepResults:
             "device": device,
             "date": time.strftime("%Y-%m-%d"),
         }
+        self._write()
+
+    def merge(self, path):
+        """Add the runs of another results file (another machine's sweep) that this one
+        lacks; a run recorded in both keeps this file's. Returns the added (recipe, config,
+        fold)."""
+        if not os.path.isfile(path):
+            raise UserInputError(f"Expected an existing results file to merge. Received: {path}")
+        other = SweepResults(path)
+        self.data = self._read()
+        added = []
+        for key, recipe in other.data["recipes"].items():
+            mine = self.data["recipes"].setdefault(
+                key, {"settings": recipe["settings"], "runs": {}})["runs"]
+            for name, runs in recipe["runs"].items():
+                for fold, run in runs.items():
+                    if fold not in mine.setdefault(name, {}):
+                        mine[name][fold] = run
+                        added.append((key, name, int(fold)))
+        self._write()
+        return added
+
+    def _check_pair_count(self, key, name, fold, run, pairs):
+        expected = int(np.sum(pairs.folds == int(fold)))
+        if len(run["scores"]) != expected:
+            raise UserInputError(
+                f"Expected the runs in {self.path} to score the {expected} pairs of fold "
+                f"{fold} of this pair list. Received: {len(run['scores'])} scores for {name}, "
+                f"fold {fold} ({key}): a results file of another pair list (use --results)"
+            )
+
+    def _write(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -314,6 +358,9 @@ class SweepResults:
                       "| config | LFW accuracy | folds done | AUC | training time per fold "
                       "| device |",
                       "|---|---|---|---|---|---|"]
+            for name, runs in recipe["runs"].items():
+                for fold, run in runs.items():
+                    self._check_pair_count(key, name, fold, run, pairs)
             lines += [table_row(name, runs, pairs) for name, runs in recipe["runs"].items()]
             lines.append("")
         return "\n".join(lines)
@@ -356,16 +403,23 @@ def fold_report(runs, folds, pairs):
 def main():
     args = parse_args()
     started = time.time()
-    lfw_dir = resolve_lfw_dir(args.lfw_dir)
+    lfw_dir = resolve_lfw_dir(args.lfw_dir, images=args.aligned_dir is None)
     images_dir = lfw_dir / LFW_IMAGES
-    pairs = read_pairs(lfw_dir / LFW_PAIRS, images_dir)
+    pairs = read_pairs(lfw_dir / LFW_PAIRS, args.aligned_dir or images_dir)
     results = SweepResults(args.results)
+    if args.merge:
+        added = results.merge(args.merge)
+        print(f"{len(added)} runs added from {args.merge}: "
+              + ", ".join(f"{name} fold {fold}" for _, name, fold in added))
+        write_table(results, pairs, args.results)
+        return
     settings = vars(args)
     todo = results.todo(settings)
     print(f"{len(todo)} of {len(args.configs) * len(args.folds)} runs to do "
           f"(recipe: {results.recipe_key(settings)}; results: {args.results})", flush=True)
     if todo:
-        aligned_dir = align_lfw(args.output, images_dir, args.landmarks or lfw_landmarks_path())
+        aligned_dir = args.aligned_dir or align_lfw(args.output, images_dir,
+                                                    args.landmarks or lfw_landmarks_path())
         lists = prepare_training_lists(args.output, aligned_dir, pairs,
                                        sorted({fold for _, fold in todo}),
                                        args.max_train_images, args.seed)
@@ -378,13 +432,18 @@ def main():
         print(f"== {name}, fold {fold} ==", flush=True)
         scores, seconds = run_fold(args, name, fold, lists[fold], aligned_dir, pairs)
         results.record(settings, name, fold, scores, seconds, device)
+    write_table(results, pairs, args.results)
+
+
+def write_table(results, pairs, results_path):
+    """The Markdown table of every recipe, beside the results file (and printed)."""
     table = results.table(pairs)
-    markdown = os.path.splitext(args.results)[0] + ".md"
+    markdown = os.path.splitext(results_path)[0] + ".md"
     with atomic_path(markdown) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"# LFW identity-disjoint ({os.path.basename(__file__)})\n\n{table}\n")
     print(table)
-    print(f"Wrote {os.path.abspath(markdown)} and {os.path.abspath(args.results)}")
+    print(f"Wrote {os.path.abspath(markdown)} and {os.path.abspath(results_path)}")
 
 
 if __name__ == "__main__":

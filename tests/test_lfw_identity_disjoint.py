@@ -74,6 +74,15 @@ def test_scores_accumulate_per_recipe_and_give_the_protocol_table(sweep, tmp_pat
     assert "1/10 (1) | – |" in row  # and no AUC of the protocol
 
 
+def test_a_results_file_of_another_pair_list_is_refused(sweep, tmp_path):
+    pairs, scores = _pairs(per_fold=20)
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    results.record(SETTINGS, "softmax", 1, np.zeros(600), 1.0, "cpu")  # LFW's 600 a fold
+    with pytest.raises(UserInputError, match=r"sweep.json to score the 20 pairs of fold 1 of "
+                                             r"this pair list. Received: 600 scores for softmax"):
+        results.table(pairs)
+
+
 def test_a_damaged_results_file_is_named(sweep, tmp_path):
     path = tmp_path / "sweep.json"
     path.write_text('{"recipes": {')
@@ -99,3 +108,40 @@ def test_a_run_dir_of_another_recipe_is_not_resumed(sweep, tmp_path):
     with pytest.raises(UserInputError, match="weight_normalization='reparametrized'.*Received: "
                                              "weight_normalization='projected'"):
         sweep.check_run_recipe(str(tmp_path), options)
+
+
+def test_merge_adds_only_the_runs_this_file_lacks(sweep, tmp_path):
+    here = sweep.SweepResults(str(tmp_path / "here.json"))
+    here.record(SETTINGS, "softmax", 0, np.full(600, 0.25), 600.0, "tensorflow on CPU")
+    there = sweep.SweepResults(str(tmp_path / "there.json"))  # the GPU machine's copy
+    there.record(SETTINGS, "softmax", 0, np.full(600, 0.75), 60.0, "jax on H200")
+    there.record(SETTINGS, "softmax", 1, np.full(600, 0.5), 60.0, "jax on H200")
+    gpu_recipe = dict(SETTINGS, backbone="sphere20")
+    there.record(gpu_recipe, "arcface", 3, np.full(600, 0.1), 70.0, "jax on H200")
+
+    added = here.merge(str(tmp_path / "there.json"))
+    assert sorted((name, fold) for _, name, fold in added) == [("arcface", 3), ("softmax", 1)]
+    reloaded = sweep.SweepResults(str(tmp_path / "here.json"))
+    runs = reloaded.runs(SETTINGS)["softmax"]
+    assert runs["0"]["scores"][0] == 0.25 and runs["0"]["device"] == "tensorflow on CPU"
+    assert runs["1"]["scores"][0] == 0.5
+    assert reloaded.runs(gpu_recipe)["arcface"]["3"]["train_seconds"] == 70.0
+    assert here.merge(str(tmp_path / "there.json")) == []  # merging twice adds nothing
+    with pytest.raises(UserInputError, match="results file to merge. Received: .*missing.json"):
+        here.merge(str(tmp_path / "missing.json"))
+
+
+def test_training_lists_read_crops_aligned_elsewhere(sweep, tmp_path):
+    aligned = tmp_path / "pack" / "aligned_112x96"
+    for name, count in (("Ann_A", 2), ("Bob_B", 1), ("Cid_C", 3)):
+        (aligned / name).mkdir(parents=True)
+        for number in range(1, count + 1):
+            (aligned / name / f"{name}_{number:04d}.jpg").write_bytes(b"\xff\xd8\xff")
+    pairs = types.SimpleNamespace(left=["Bob_B/Bob_B_0001.jpg"], right=["Ann_A/Ann_A_0002.jpg"],
+                                  folds=np.array([0]))
+    output = tmp_path / "runs"
+    lists = sweep.prepare_training_lists(str(output), str(aligned), pairs, [0], None, 0)
+    lines = open(lists[0]).read().splitlines()
+    assert lines[0] == "# LFW crops of the 1 identities absent from fold 0"
+    assert lines[1:] == [f"../pack/aligned_112x96/Cid_C/Cid_C_000{n}.jpg 0" for n in (1, 2, 3)]
+    assert all((output / line.split()[0]).is_file() for line in lines[1:])

@@ -35,15 +35,19 @@ LFW_LAYOUT = (
 )
 
 
-def resolve_lfw_dir(lfw_dir=None):
-    """The LFW folder: `lfw_dir`, else `$LFW_DIR`, else ~/.keras/datasets/lfw, checked."""
+def resolve_lfw_dir(lfw_dir=None, images=True):
+    """The LFW folder: `lfw_dir`, else `$LFW_DIR`, else ~/.keras/datasets/lfw, checked.
+
+    `images=False`: only pairs.txt must be there (the faces come from elsewhere, such as
+    crops aligned earlier)."""
     source = "argument"
     if lfw_dir is None and os.environ.get("LFW_DIR"):
         lfw_dir, source = os.environ["LFW_DIR"], "LFW_DIR"
     if lfw_dir is None:
         lfw_dir, source = DEFAULT_LFW_DIR, "default"
     path = pathlib.Path(lfw_dir).expanduser()
-    missing = [name for name in (LFW_PAIRS, LFW_IMAGES) if not (path / name).exists()]
+    needed = (LFW_PAIRS, LFW_IMAGES) if images else (LFW_PAIRS,)
+    missing = [name for name in needed if not (path / name).exists()]
     if missing:
         raise UserInputError(
             f"Expected {LFW_LAYOUT}. Received: {path} ({source}), which lacks "

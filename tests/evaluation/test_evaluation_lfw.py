@@ -74,6 +74,17 @@ def test_missing_lfw_dir_says_what_is_needed(tmp_path, monkeypatch):
         resolve_lfw_dir()
 
 
+def test_lfw_dir_of_pairs_alone_when_the_faces_come_from_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.delenv("LFW_DIR", raising=False)
+    (tmp_path / "pairs.txt").write_text("10 300\n")
+    assert resolve_lfw_dir(tmp_path, images=False) == tmp_path
+    with pytest.raises(UserInputError, match="lacks lfw-deepfunneled$"):
+        resolve_lfw_dir(tmp_path)
+    (tmp_path / "pairs.txt").unlink()
+    with pytest.raises(UserInputError, match="lacks pairs.txt$"):
+        resolve_lfw_dir(tmp_path, images=False)
+
+
 def test_lfw_dir_from_environment(lfw_dir, monkeypatch):
     monkeypatch.setenv("LFW_DIR", str(lfw_dir))
     assert resolve_lfw_dir() == lfw_dir
