@@ -19,8 +19,11 @@ network and no ../shared (this project's lent GPU machine): pack here, run there
 the Keras JAX backend with the README's GPU recipe (sphere20, 30 epochs, bfloat16), its
 results file, Markdown table and log in $OUT (they come back even when the call is cut
 short). `--minutes` is the sweep's --max-minutes: no run starts after it, so it must leave
-one run's time before the call's limit. Arguments after `--` go to the sweep and override
-the recipe (a CPU check of this flow: `run --out /tmp/out -- --smoke`).
+one run's time before the call's limit. `--jobs N` runs N sweeps side by side on the GPU,
+the configs dealt out among them, recording into the one results file (locked): a small
+network at batch 256 leaves most of an H200 idle (how many jobs pay is not measured yet).
+Arguments after `--` go to the sweep and override the recipe (a CPU check of this flow:
+`run --out /tmp/out -- --smoke`).
 """
 
 import argparse
@@ -30,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import cv2
@@ -105,10 +109,18 @@ def pack(args):
 
 
 def run(args, sweep_args):
-    """Unpack, then the sweep with the GPU recipe; results, table and log into args.out."""
+    """Unpack, then the sweep with the GPU recipe (in args.jobs processes sharing the GPU, the
+    configs dealt out among them); results, table and log into args.out."""
     if not os.path.isfile(args.pack):
         raise UserInputError(f"Expected the pack made by `pack` (carry .data). "
                              f"Received: {args.pack}, which does not exist")
+    arguments = GPU_RECIPE + sweep_args
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--configs")
+    configs = chosen.parse_known_args(arguments)[0].configs.split(",")  # the last one given
+    if not 1 <= args.jobs <= len(configs):
+        raise UserInputError(f"Expected --jobs between 1 and the {len(configs)} configs "
+                             f"({','.join(configs)}). Received: {args.jobs}")
     os.makedirs(args.work, exist_ok=True)
     with tarfile.open(args.pack) as tar:
         tar.extractall(args.work, filter="data")
@@ -116,22 +128,38 @@ def run(args, sweep_args):
     results = os.path.join(args.out, os.path.basename(RESULTS))
     if os.path.isfile(RESULTS) and not os.path.isfile(results):
         shutil.copyfile(RESULTS, results)
-    command = [sys.executable, SWEEP, "--lfw-dir", args.work,
-               "--aligned-dir", os.path.join(args.work, ALIGNED),
-               "--output", os.path.join(args.work, "runs"), "--results", results,
-               "--max-minutes", str(args.minutes)] + GPU_RECIPE + sweep_args
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     environment.setdefault("KERAS_BACKEND", "jax")
-    print(" ".join(command), flush=True)
+    if args.jobs > 1:  # JAX takes 75 % of the GPU's memory per process unless told
+        environment.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / args.jobs:.2f}")
+    processes, lock = [], threading.Lock()
     with open(os.path.join(args.out, "sweep.log"), "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log.write(line)
+        for job in range(args.jobs):
+            command = [sys.executable, SWEEP, "--lfw-dir", args.work,
+                       "--aligned-dir", os.path.join(args.work, ALIGNED),
+                       "--output", os.path.join(args.work, "runs"), "--results", results,
+                       "--max-minutes", str(args.minutes)] + arguments + [
+                           "--configs", ",".join(configs[job::args.jobs])]
+            print(f"[job {job}] {' '.join(command)}", flush=True)
+            process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+            thread = threading.Thread(target=_tee, args=(process, f"[job {job}] ", log, lock))
+            thread.start()
+            processes.append((process, thread))
+        for process, thread in processes:
+            thread.join()
+    failed = [process.returncode for process, _ in processes if process.wait()]
+    if failed:
+        raise SystemExit(failed[0])
+
+
+def _tee(process, prefix, log, lock):
+    for line in process.stdout:
+        with lock:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+            log.write(prefix + line)
             log.flush()
-    if process.wait():
-        raise SystemExit(process.returncode)
 
 
 def main():
@@ -150,6 +178,8 @@ def main():
     running = commands.add_parser("run", help="there: unpack and run the sweep")
     running.add_argument("--minutes", type=float, default=6.0,
                          help="the sweep's --max-minutes")
+    running.add_argument("--jobs", type=int, default=1,
+                         help="sweeps in parallel on the one GPU, the configs dealt out")
     running.add_argument("--work", default="/tmp/lfw_sweep")
     running.add_argument("--out", default=os.environ.get("OUT", "out"))
     for command in (packing, running):

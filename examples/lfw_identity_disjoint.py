@@ -43,11 +43,17 @@ without TensorFlow, network or LFW.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locking; one sweep at a time per results file
+    fcntl = None
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -303,14 +309,15 @@ class SweepResults:
                 if str(fold) not in done.get(name, {})]
 
     def record(self, settings, name, fold, scores, train_seconds, device):
-        self.data = self._read()  # keep what another process recorded meanwhile
-        self.runs(settings).setdefault(name, {})[str(fold)] = {
-            "scores": [round(float(score), 6) for score in scores],
-            "train_seconds": round(train_seconds, 1),
-            "device": device,
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        self._write()
+        with self._locked():  # keep what other processes recorded meanwhile
+            self.data = self._read()
+            self.runs(settings).setdefault(name, {})[str(fold)] = {
+                "scores": [round(float(score), 6) for score in scores],
+                "train_seconds": round(train_seconds, 1),
+                "device": device,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            self._write()
 
     def merge(self, path):
         """Add the runs of another results file (another machine's sweep) that this one
@@ -319,17 +326,18 @@ class SweepResults:
         if not os.path.isfile(path):
             raise UserInputError(f"Expected an existing results file to merge. Received: {path}")
         other = SweepResults(path)
-        self.data = self._read()
         added = []
-        for key, recipe in other.data["recipes"].items():
-            mine = self.data["recipes"].setdefault(
-                key, {"settings": recipe["settings"], "runs": {}})["runs"]
-            for name, runs in recipe["runs"].items():
-                for fold, run in runs.items():
-                    if fold not in mine.setdefault(name, {}):
-                        mine[name][fold] = run
-                        added.append((key, name, int(fold)))
-        self._write()
+        with self._locked():
+            self.data = self._read()
+            for key, recipe in other.data["recipes"].items():
+                mine = self.data["recipes"].setdefault(
+                    key, {"settings": recipe["settings"], "runs": {}})["runs"]
+                for name, runs in recipe["runs"].items():
+                    for fold, run in runs.items():
+                        if fold not in mine.setdefault(name, {}):
+                            mine[name][fold] = run
+                            added.append((key, name, int(fold)))
+            self._write()
         return added
 
     def _check_pair_count(self, key, name, fold, run, pairs):
@@ -341,8 +349,23 @@ class SweepResults:
                 f"fold {fold} ({key}): a results file of another pair list (use --results)"
             )
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive over the results file's folder (the file itself is replaced by each
+        write), so sweeps sharing one file (bench/device_lfw_sweep.py --jobs) lose no run."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)
+
     def _write(self):
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.data, f, indent=1)
@@ -411,7 +434,7 @@ def main():
         added = results.merge(args.merge)
         print(f"{len(added)} runs added from {args.merge}: "
               + ", ".join(f"{name} fold {fold}" for _, name, fold in added))
-        write_table(results, pairs, args.results)
+        write_table(args.results, pairs)
         return
     settings = vars(args)
     todo = results.todo(settings)
@@ -432,12 +455,12 @@ def main():
         print(f"== {name}, fold {fold} ==", flush=True)
         scores, seconds = run_fold(args, name, fold, lists[fold], aligned_dir, pairs)
         results.record(settings, name, fold, scores, seconds, device)
-    write_table(results, pairs, args.results)
+    write_table(args.results, pairs)
 
 
-def write_table(results, pairs, results_path):
+def write_table(results_path, pairs):
     """The Markdown table of every recipe, beside the results file (and printed)."""
-    table = results.table(pairs)
+    table = SweepResults(results_path).table(pairs)  # with what other processes recorded
     markdown = os.path.splitext(results_path)[0] + ".md"
     with atomic_path(markdown) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

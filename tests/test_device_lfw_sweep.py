@@ -101,7 +101,8 @@ def test_run_sweeps_on_jax_without_tensorflow(tiny_lfw, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(site), KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, SCRIPT, "run", "--pack", str(pack), "--work", str(work), "--out",
-         str(out), "--minutes", "5", "--", "--configs", "softmax", "--folds", "0",
+         str(out), "--minutes", "5", "--jobs", "2", "--", "--configs", "softmax,cosface",
+         "--folds", "0",
          "--backbone", "sphere4", "--width-multiplier", "0.125", "--embedding-dim", "8",
          "--epochs", "1", "--batch-size", "8", "--learning-rate", "0.01"],
         env=env, capture_output=True, text=True, timeout=600,
@@ -110,11 +111,15 @@ def test_run_sweeps_on_jax_without_tensorflow(tiny_lfw, tmp_path):
     results = json.loads((out / "lfw_identity_disjoint.json").read_text())
     recipe = next(r for key, r in results["recipes"].items()
                   if "backbone=sphere4" in key and "mixed_precision=bfloat16" in key)
-    run = recipe["runs"]["softmax"]["0"]
-    assert run["device"] == "jax on cpu"
-    assert len(run["scores"]) == 2 and all(-1 <= s <= 1 for s in run["scores"])
+    assert sorted(recipe["runs"]) == ["cosface", "softmax"]  # one each from the two jobs
+    for name in ("softmax", "cosface"):
+        run = recipe["runs"][name]["0"]
+        assert run["device"] == "jax on cpu"
+        assert len(run["scores"]) == 2 and all(-1 <= s <= 1 for s in run["scores"])
     # trained on everyone but fold 0's 3 people: 31 identities, 62 crops
     header = (work / "runs" / "train_fold0.txt").read_text().splitlines()[0]
     assert header == "# LFW crops of the 31 identities absent from fold 0"
-    assert "softmax" in (out / "lfw_identity_disjoint.md").read_text()
-    assert "== softmax, fold 0 ==" in (out / "sweep.log").read_text()
+    table = (out / "lfw_identity_disjoint.md").read_text()
+    assert "| softmax |" in table and "| cosface |" in table  # the last job's table has both
+    log = (out / "sweep.log").read_text()
+    assert "[job 0] == softmax, fold 0 ==" in log and "[job 1] == cosface, fold 0 ==" in log

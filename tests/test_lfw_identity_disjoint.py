@@ -145,3 +145,38 @@ def test_training_lists_read_crops_aligned_elsewhere(sweep, tmp_path):
     assert lines[0] == "# LFW crops of the 1 identities absent from fold 0"
     assert lines[1:] == [f"../pack/aligned_112x96/Cid_C/Cid_C_000{n}.jpg 0" for n in (1, 2, 3)]
     assert all((output / line.split()[0]).is_file() for line in lines[1:])
+
+
+RECORDS_EACH = 25
+
+
+def _record_runs(path, name):
+    """One sweep's records (in a child process: examples/ imported from its file)."""
+    import importlib.util
+    import pathlib
+
+    file = pathlib.Path(__file__).resolve().parents[1] / "examples" / "lfw_identity_disjoint.py"
+    spec = importlib.util.spec_from_file_location("lfw_identity_disjoint", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.SweepResults(path)
+    for fold in range(RECORDS_EACH):
+        results.record(SETTINGS, name, fold, np.random.default_rng(fold).random(600), 1.0, "cpu")
+
+
+def test_sweeps_sharing_a_results_file_lose_no_run(sweep, tmp_path):
+    """bench/device_lfw_sweep.py --jobs: several sweeps record into one file at once."""
+    import multiprocessing
+
+    path = str(tmp_path / "shared.json")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_record_runs, args=(path, name))
+               for name in ("softmax", "cosface", "arcface")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    runs = sweep.SweepResults(path).runs(SETTINGS)
+    assert {name: sorted(map(int, folds)) for name, folds in runs.items()} == {
+        name: list(range(RECORDS_EACH)) for name in ("softmax", "cosface", "arcface")}
