@@ -18,7 +18,7 @@ continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
-        --configs softmax,a-softmax,cosface,arcface,a-softmax-m1,a-softmax-m2,a-softmax-m3 \\
+        --configs all \\
         --backbone sphere20 --epochs 30 --mixed-precision bfloat16
     # the CPU recipe (~15 min a run on 2 cores), in pieces that fit a session:
     python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint_cpu --backbone sphere10 \\
@@ -118,7 +118,10 @@ def parse_args():
     parser.add_argument("--landmarks", default=None,
                         help="landmarks file of lfw-deepfunneled (default: the shipped one)")
     parser.add_argument("--configs", default="softmax,a-softmax,cosface,arcface",
-                        help=f"comma-separated, from {', '.join(CONFIGS)}")
+                        help=f"comma-separated, from {', '.join(CONFIGS)}; or all")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="only every N-th of the configs, from the I-th (0-based): N sweeps "
+                             "side by side share one results file")
     parser.add_argument("--folds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--backbone", default="sphere20")
     parser.add_argument("--width-multiplier", type=float, default=1.0)
@@ -151,10 +154,18 @@ def parse_args():
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
-    unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
+    args.configs = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    unknown = [name for name in args.configs if name not in CONFIGS]
     if unknown:
-        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
-    args.configs = args.configs.split(",")
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)} or all")
+    if args.shard is not None:
+        index, _, count = args.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            parser.error(f"expected --shard I/N with 0 <= I < N; received {args.shard!r}")
+        if int(index) >= len(args.configs):
+            parser.error(f"--shard {args.shard} leaves none of the {len(args.configs)} "
+                         f"configs {','.join(args.configs)}")
+        args.configs = args.configs[int(index)::int(count)]
     args.folds = [int(fold) for fold in args.folds.split(",")]
     if args.results is None:
         args.results = (os.path.join(args.output, "results.json") if args.smoke

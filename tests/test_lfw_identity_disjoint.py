@@ -180,3 +180,26 @@ def test_sweeps_sharing_a_results_file_lose_no_run(sweep, tmp_path):
     runs = sweep.SweepResults(path).runs(SETTINGS)
     assert {name: sorted(map(int, folds)) for name, folds in runs.items()} == {
         name: list(range(RECORDS_EACH)) for name in ("softmax", "cosface", "arcface")}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--configs", "all"], ["softmax", "a-softmax", "cosface", "arcface", "curricularface",
+                            "a-softmax-m1", "a-softmax-m2", "a-softmax-m3"]),
+    (["--configs", "all", "--shard", "1/3"], ["a-softmax", "curricularface", "a-softmax-m3"]),
+    (["--configs", "softmax,cosface", "--shard", "0/2"], ["softmax"]),
+])
+def test_configs_all_and_shards_deal_them_out(sweep, monkeypatch, argv, expected):
+    monkeypatch.setattr("sys.argv", ["lfw_identity_disjoint.py", *argv])
+    assert sweep.parse_args().configs == expected
+
+
+@pytest.mark.parametrize("shard, message", [
+    ("2/2", "expected --shard I/N with 0 <= I < N; received '2/2'"),
+    ("x", "expected --shard I/N"),
+    ("2/3", "--shard 2/3 leaves none of the 2 configs softmax,cosface"),
+])
+def test_a_bad_shard_is_refused_by_value(sweep, monkeypatch, capsys, shard, message):
+    monkeypatch.setattr("sys.argv", ["x", "--configs", "softmax,cosface", "--shard", shard])
+    with pytest.raises(SystemExit):
+        sweep.parse_args()
+    assert message in capsys.readouterr().err
