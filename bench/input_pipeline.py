@@ -3,7 +3,7 @@
 (a) aligned 112x96 JPEG crops: decode, flip, batch (target >= 6,000 img/s per core);
 (b) aligning on the fly from a landmarks file: decode the 250x250 LFW original, warp, flip,
     batch (target >= 1,500 img/s per core);
-each for `make_dataset` (tf.data) and `FaceDataset` (PyDataset, OpenCV, worker processes),
+each for `make_dataset` (tf.data) and `FaceDataset` (PyDataset, OpenCV, threads),
 beside a baseline measured in the same run: plain tf.data (read_file, decode_jpeg with the
 default DCT, per-image random flip, batch, prefetch). Also the cost of `validate_images`.
 
@@ -104,7 +104,7 @@ def plain_tf_data(index, batch_size):
 
 
 def cpu_seconds():
-    """CPU time of this process and of its reaped children (PyDataset workers), all threads."""
+    """CPU time of this process (all threads) and of its reaped children."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -116,25 +116,6 @@ def time_batches(iterator, num_batches):
     for _ in range(num_batches):
         images += len(next(iterator)[1])
     return images / (time.perf_counter() - wall), images / (cpu_seconds() - cpu)
-
-
-def time_pydataset(dataset, epochs):
-    """Like `time_batches` for a FaceDataset, through Keras' own enqueuer (the path `fit` uses)."""
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
-    adapter = PyDatasetAdapter(dataset, shuffle=False)
-    images, wall, cpu = 0, 0.0, 0.0
-    for epoch in range(epochs + 1):  # the first epoch warms up (forks the workers)
-        adapter.on_epoch_begin()
-        start_wall, start_cpu = time.perf_counter(), cpu_seconds()
-        count = sum(len(y) for _, y in adapter.get_numpy_iterator())
-        adapter.on_epoch_end()
-        time.sleep(0.5)  # let the pool reap its workers so their CPU time is counted
-        if epoch:
-            images += count
-            wall += time.perf_counter() - start_wall - 0.5
-            cpu += cpu_seconds() - start_cpu
-    return images / wall, images / cpu
 
 
 def main():
@@ -169,12 +150,8 @@ def main():
                 dataset = make_dataset(index, args.batch_size, landmarks=marks, cache=cache)
                 rates = time_batches(iter(dataset), timed)
                 report(case, f"make_dataset (tf.data){' cache=True' if cache else ''}", rates, base)
-            for processes in (True, False):
-                dataset = FaceDataset(
-                    index, args.batch_size, landmarks=marks, workers=cores, use_multiprocessing=processes
-                )
-                kind = "processes" if processes else "threads"
-                report(case, f"FaceDataset (PyDataset, {cores} worker {kind})", time_pydataset(dataset, args.epochs), base)
+            dataset = FaceDataset(index, args.batch_size, landmarks=marks, workers=cores, epochs=args.epochs + 1)
+            report(case, f"FaceDataset (PyDataset, {cores} threads)", time_batches(iter(dataset), timed), base)
 
         for decoder in ("tensorflow", "opencv"):
             start = cpu_seconds()

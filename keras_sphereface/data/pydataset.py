@@ -1,4 +1,4 @@
-"""A TensorFlow-free loader: `keras.utils.PyDataset` with OpenCV decode in parallel workers.
+"""A TensorFlow-free loader: `keras.utils.PyDataset` with OpenCV decode in a thread pool.
 
 For the JAX and PyTorch backends on machines without TensorFlow. Same output and the same
 per-epoch order and flips as `make_dataset` (both follow `index.epoch_order(seed, epoch)`):
@@ -7,17 +7,18 @@ step's `read_image` (OpenCV; grayscale, RGBA and 16-bit become 8-bit RGB; EXIF o
 ignored, as TensorFlow and the landmarks do); alignment is `cv2.warpAffine` with the
 similarity transforms computed once up front, as `align_face` does per call.
 
-Workers are threads by default: OpenCV releases the GIL while decoding and warping, and
-threads avoid pickling every batch back from a worker process (measured ~2x cheaper per image
-on this machine, bench/input_pipeline.py) and forking a multithreaded JAX process.
+For training, one pass serves every epoch left back to back, as tf.data's stream does:
+batch i is batch i mod S of epoch `initial_epoch + i // S` (S steps per epoch), a pure
+function of i. `fit(loader, epochs=E, initial_epoch=K, steps_per_epoch=S, shuffle=False)`
+walks it epoch by epoch (Keras keeps one iterator across epochs when given steps_per_epoch).
+No epoch counter follows Keras' hooks, which `fit` calls differently per backend.
 
-The epoch whose order is served is set explicitly (`set_epoch`, or the callback of
-`epoch_callback()` in `fit`), not counted from Keras' `on_epoch_begin`/`on_epoch_end`:
-`fit` calls those a different number of times per backend (it peeks at the data and
-resets its iterator before training), which would shift the order by an epoch and break
-exact resume. Keras starts its worker pool after the callbacks' `on_epoch_begin`, so
-workers (processes too) see the epoch set there. Pass `shuffle=False` to `fit`: the order
-is already shuffled here, and Keras' own batch shuffling is unseeded.
+Keras' own worker queue is not used (`workers=1` to PyDataset): each of its restarts (after
+`fit`'s peek at the first batch, at every epoch end) first serves the batches prefetched in
+the previous run, which on JAX shuffled, repeated and dropped batches across epochs. The
+loader's own threads decode each batch's images in parallel (OpenCV releases the GIL) and
+the next `prefetch` batches while the model trains; being keyed by batch number, a prefetched
+batch is right whatever the order of access.
 """
 
 import concurrent.futures
@@ -59,11 +60,12 @@ class FaceDataset(keras.utils.PyDataset):
 
     Args:
         index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip: as in
-            `make_dataset`, except that an epoch is finite here: `len(self)` batches (full
-            batches only when training); `set_epoch` moves to another epoch's order.
-        workers: parallel loaders (default: one per CPU core).
-        use_multiprocessing: processes instead of threads; max_queue_size: as in
-            `keras.utils.PyDataset`.
+            `make_dataset`, except that the pass is finite (`len(self)` batches): training
+            serves epochs initial_epoch..epochs-1 (full batches only), evaluation each image
+            once in order.
+        epochs: the end of training (exclusive, as `fit`'s epochs); default initial_epoch + 1.
+        workers: decoding threads (default: one per CPU core); prefetch: batches decoded
+            ahead of the one asked for.
     """
 
     def __init__(
@@ -75,16 +77,20 @@ class FaceDataset(keras.utils.PyDataset):
         training=True,
         seed=0,
         initial_epoch=0,
+        epochs=None,
         flip=None,
         workers=None,
-        use_multiprocessing=False,
-        max_queue_size=10,
+        prefetch=2,
     ):
-        workers = os.cpu_count() if workers is None else workers
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        super().__init__(workers=1, use_multiprocessing=False)  # no Keras queue: module doc
         if batch_size < 1 or (training and len(index) < batch_size):
             raise UserInputError(
                 f"Expected 1 <= batch_size <= number of images ({len(index)}). Received: batch_size={batch_size}"
+            )
+        epochs = initial_epoch + 1 if epochs is None else epochs
+        if training and epochs <= initial_epoch:
+            raise UserInputError(
+                f"Expected epochs > initial_epoch ({initial_epoch}). Received: epochs={epochs}"
             )
         self.index = index
         self.batch_size = int(batch_size)
@@ -96,30 +102,39 @@ class FaceDataset(keras.utils.PyDataset):
         self.training = training
         self.flip = training if flip is None else flip
         self.seed = seed
-        self.epoch = initial_epoch
+        self.initial_epoch, self.epochs = int(initial_epoch), int(epochs)
+        self.steps_per_epoch = index_lib.steps_per_epoch(len(index), self.batch_size)
+        self.prefetch = int(prefetch)
         self._paths = index.absolute_paths()
-        self._order = None  # (epoch, positions, flips), computed once per epoch per process
+        self._orders = {}  # epoch -> (positions, flips), the last two epochs
+        self._pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() if workers is None else workers)
+        self._ahead = {}  # batch number -> (futures of its images, flips, labels)
 
     def __len__(self):
         if self.training:
-            return index_lib.steps_per_epoch(len(self.index), self.batch_size)
+            return self.steps_per_epoch * (self.epochs - self.initial_epoch)
         return -(-len(self.index) // self.batch_size)
 
-    def set_epoch(self, epoch):
-        """Serve epoch `epoch`'s order and flips (a pure function of seed and epoch)."""
-        self.epoch = int(epoch)
+    def epoch_of(self, batch):
+        """(epoch, batch within the epoch) of pass batch `batch`."""
+        if not self.training:
+            return 0, batch
+        return self.initial_epoch + batch // self.steps_per_epoch, batch % self.steps_per_epoch
 
-    def epoch_callback(self):
-        """A callback for `fit` that serves each epoch's own order: `fit(..., callbacks=[...])`."""
-        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: self.set_epoch(epoch))
-
-    def _epoch_order(self):
-        if self._order is None or self._order[0] != self.epoch:
-            positions, flips = index_lib.epoch_order(
-                len(self.index), self.seed, self.epoch, shuffle=self.training, flip=self.flip
+    def _epoch_order(self, epoch):
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
+            self._orders[epoch] = index_lib.epoch_order(
+                len(self.index), self.seed, epoch, shuffle=self.training, flip=self.flip
             )
-            self._order = (self.epoch, positions, flips)
-        return self._order[1:]
+        return self._orders[epoch]
+
+    def _submit(self, batch):
+        epoch, within = self.epoch_of(batch)
+        positions, flips = self._epoch_order(epoch)
+        chosen = slice(within * self.batch_size, (within + 1) * self.batch_size)
+        positions = positions[chosen]
+        return [self._pool.submit(self._load, p) for p in positions], flips[chosen], self.index.labels[positions]
 
     def _load(self, position):
         try:
@@ -144,10 +159,9 @@ class FaceDataset(keras.utils.PyDataset):
     def __getitem__(self, batch):
         if not 0 <= batch < len(self):
             raise IndexError(f"batch {batch} out of range [0, {len(self)})")
-        positions, flips = self._epoch_order()
-        chosen = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-        positions, flips = positions[chosen], flips[chosen]
-        images = np.stack([self._load(p) for p in positions])
+        wanted = range(batch, min(batch + 1 + self.prefetch, len(self)))
+        self._ahead = {b: self._ahead.get(b) or self._submit(b) for b in wanted}
+        futures, flips, labels = self._ahead.pop(batch)
+        images = np.stack([future.result() for future in futures])
         images[flips] = images[flips, :, ::-1]
-        labels = self.index.labels[positions]
         return {"images": images, "labels": labels}, labels

@@ -427,8 +427,7 @@ def _fit(model, index, config, output, initial_epoch, verbose, extra_callbacks):
         )
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, TENSORBOARD_NAME)))
     else:
-        dataset = data_lib.FaceDataset(index, config["batch_size"], **loader_options)
-        callbacks.append(dataset.epoch_callback())
+        dataset = data_lib.FaceDataset(index, config["batch_size"], epochs=epochs, **loader_options)
     callbacks.extend(extra_callbacks)
     if verbose:
         print(
