@@ -107,8 +107,10 @@ class FaceDataset(keras.utils.PyDataset):
         self.prefetch = int(prefetch)
         self._paths = index.absolute_paths()
         self._orders = {}  # epoch -> (positions, flips), the last two epochs
-        self._pool = concurrent.futures.ThreadPoolExecutor(os.cpu_count() if workers is None else workers)
-        self._ahead = {}  # batch number -> (futures of its images, flips, labels)
+        # not self.workers: PyDataset's, which Keras reads to start its own queue
+        self._threads = os.cpu_count() if workers is None else int(workers)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads)
+        self._ahead = {}  # batch number -> (futures of its images, in chunks; flips; labels)
 
     def __len__(self):
         if self.training:
@@ -134,7 +136,10 @@ class FaceDataset(keras.utils.PyDataset):
         positions, flips = self._epoch_order(epoch)
         chosen = slice(within * self.batch_size, (within + 1) * self.batch_size)
         positions = positions[chosen]
-        return [self._pool.submit(self._load, p) for p in positions], flips[chosen], self.index.labels[positions]
+        chunk = -(-len(positions) // self._threads)  # one task per thread: little overhead
+        futures = [self._pool.submit(lambda part: [self._load(p) for p in part], positions[i:i + chunk])
+                   for i in range(0, len(positions), chunk)]
+        return futures, flips[chosen], self.index.labels[positions]
 
     def _load(self, position):
         try:
@@ -162,6 +167,6 @@ class FaceDataset(keras.utils.PyDataset):
         wanted = range(batch, min(batch + 1 + self.prefetch, len(self)))
         self._ahead = {b: self._ahead.get(b) or self._submit(b) for b in wanted}
         futures, flips, labels = self._ahead.pop(batch)
-        images = np.stack([future.result() for future in futures])
+        images = np.stack([image for future in futures for image in future.result()])
         images[flips] = images[flips, :, ::-1]
         return {"images": images, "labels": labels}, labels
