@@ -237,6 +237,25 @@ def test_without_tensorflow_trains_the_same_weights_from_face_dataset(
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.multi_backend
+def test_without_tensorflow_interrupt_then_resume_equals_straight_run(
+    straight_run, identity_folder, tmp_path, monkeypatch
+):
+    """A resumed FaceDataset pass starts at the epoch after the checkpoint's."""
+    from keras_sphereface.training import trainer
+
+    monkeypatch.setattr(trainer, "_tensorflow_available", lambda: False)
+    output = tmp_path / "interrupted"
+    stopped = train(identity_folder, output, epochs=2, verbose=0, callbacks=[InterruptAt(1)], **TINY)
+    assert stopped.stopped == "interrupted" and stopped.epochs_done == 1
+    assert resume(output, verbose=0).epochs_done == 2
+    _, straight = checkpoint_weights(straight_run[0])  # tf.data where TensorFlow is installed
+    _, weights = checkpoint_weights(output)
+    for a, b in zip(weights, straight):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("asked, expected", [(None, "reparametrized"), ("projected", "projected")])
 def test_training_head_is_the_layers_default_unless_told_otherwise(asked, expected):
     """The projected head at the initializer's norm ρ takes steps of lr/ρ² on the centres and,
