@@ -27,6 +27,7 @@ Arguments after `--` go to the sweep and override the recipe (a CPU check of thi
 """
 
 import argparse
+import importlib.metadata
 import io
 import os
 import shutil
@@ -88,11 +89,8 @@ def pack(args):
     print(f"{args.pack}: {len(crops)} crops {how} and {pairs_path}, {size / 2**20:.1f} MiB")
     if args.wheels:
         os.makedirs(args.wheels, exist_ok=True)
-        import keras  # the version this project is tested with
-
-        versions = {"keras": keras.__version__}
-        for name in WHEELS:
-            spec = f"{name}=={versions[name]}" if name in versions else name
+        for name in WHEELS:  # the versions installed here, which the tests ran with
+            spec = f"{name}=={importlib.metadata.version(name)}"
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                             "--only-binary=:all:", "--python-version", "3.12",
                             "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
@@ -103,8 +101,8 @@ def pack(args):
     print(f"carried: {size / 2**20:.1f} MiB of the {CARRY_LIMIT / 2**20:.0f} MiB a call takes "
           "(the working tree counts too)")
     if size > CARRY_LIMIT:
-        raise SystemExit(f"Error: {size / 2**20:.1f} MiB is over the limit; pack with "
-                         "--quality 90 (about 30 % smaller)")
+        raise SystemExit(f"Error: {size / 2**20:.1f} MiB is over the limit; pack with a "
+                         "--quality (92 made LFW's 50.7 MiB of crops 42.6 MiB)")
 
 
 def run(args, sweep_args):
