@@ -231,7 +231,8 @@ def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
 
 def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     """Train (or resume) the fold's model; return the cosine scores of fold `fold`'s pairs
-    (in pairs.txt order) and the training time in seconds."""
+    (in pairs.txt order, None if training diverged), the training time in seconds and, for
+    a diverged run, where."""
     mode, margin, scale = CONFIGS[name]
     normalizes_weights = MarginSoftmax(2, mode=mode).normalize_weights
     run_dir = os.path.join(args.output, name, f"fold{fold}")
@@ -251,6 +252,8 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     else:
         result = train(list_path, run_dir, cache=True, verbose=2, **options)
     train_seconds = time.time() - started
+    if result.stopped == "nan":  # the same seed and order would diverge again: recorded
+        return None, train_seconds, f"loss NaN in epoch {result.epochs_done + 1} of {args.epochs}"
     if result.stopped:
         raise SystemExit(f"{run_dir}: training {result.stopped}; rerun to continue")
     test = pairs.folds == fold
@@ -263,7 +266,7 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
     )
     left = np.stack([embeddings[p] for p in np.array(pairs.left)[test]])
     right = np.stack([embeddings[p] for p in np.array(pairs.right)[test]])
-    return cosine_scores(left, right), train_seconds
+    return cosine_scores(left, right), train_seconds, None
 
 
 def check_run_recipe(run_dir, options):
@@ -319,11 +322,14 @@ class SweepResults:
         return [(name, fold) for fold in settings["folds"] for name in settings["configs"]
                 if str(fold) not in done.get(name, {})]
 
-    def record(self, settings, name, fold, scores, train_seconds, device):
+    def record(self, settings, name, fold, scores, train_seconds, device, diverged=None):
+        """A finished run: its scores, or (scores None) where its training diverged."""
+        outcome = ({"diverged": diverged} if scores is None
+                   else {"scores": [round(float(score), 6) for score in scores]})
         with self._locked():  # keep what other processes recorded meanwhile
             self.data = self._read()
             self.runs(settings).setdefault(name, {})[str(fold)] = {
-                "scores": [round(float(score), 6) for score in scores],
+                **outcome,
                 "train_seconds": round(train_seconds, 1),
                 "device": device,
                 "date": time.strftime("%Y-%m-%d"),
@@ -352,6 +358,8 @@ class SweepResults:
         return added
 
     def _check_pair_count(self, key, name, fold, run, pairs):
+        if "scores" not in run:
+            return
         expected = int(np.sum(pairs.folds == int(fold)))
         if len(run["scores"]) != expected:
             raise UserInputError(
@@ -402,19 +410,26 @@ class SweepResults:
 
 def table_row(name, runs, pairs):
     """A config's Markdown row: the protocol over its folds done (a single fold: the
-    accuracy of that fold's own best threshold, marked optimistic)."""
-    folds = sorted(int(fold) for fold in runs)
+    accuracy of that fold's own best threshold, marked optimistic); folds whose training
+    diverged are named, outside the protocol."""
+    diverged = sorted(int(fold) for fold, run in runs.items() if "scores" not in run)
+    folds = sorted(int(fold) for fold, run in runs.items() if "scores" in run)
     report = fold_report(runs, folds, pairs)
-    if report is not None:
+    if not folds:
+        accuracy, auc = "–", "–"
+    elif report is not None:
         accuracy = f"{100 * report['accuracy_mean']:.2f} ± {100 * report['accuracy_std']:.2f} %"
         auc = f"{report['auc']:.4f}"
     else:  # one fold: no other fold to pick its threshold on
         accuracy = (f"{100 * oracle_accuracy(runs, folds[0], pairs):.2f} % "
                     "(threshold chosen on the fold itself: optimistic)")
         auc = "–"
-    minutes = np.mean([run["train_seconds"] for run in runs.values()]) / 60
+    finished = [run for run in runs.values() if "scores" in run] or list(runs.values())
+    minutes = np.mean([run["train_seconds"] for run in finished]) / 60
     devices = ", ".join(sorted({run["device"] for run in runs.values()}))
     done = f"{len(folds)}/10 ({','.join(map(str, folds))})"
+    if diverged:
+        done += f"; diverged on {','.join(map(str, diverged))}"
     return f"| {name} | {accuracy} | {done} | {auc} | {minutes:.1f} min | {devices} |"
 
 
@@ -464,8 +479,11 @@ def main():
                   "left; run the same command again to continue", flush=True)
             break
         print(f"== {name}, fold {fold} ==", flush=True)
-        scores, seconds = run_fold(args, name, fold, lists[fold], aligned_dir, pairs)
-        results.record(settings, name, fold, scores, seconds, device)
+        scores, seconds, diverged = run_fold(args, name, fold, lists[fold], aligned_dir, pairs)
+        if diverged:
+            print(f"{name}, fold {fold}: training diverged ({diverged}); recorded as such",
+                  flush=True)
+        results.record(settings, name, fold, scores, seconds, device, diverged)
     write_table(args.results, pairs)
 
 

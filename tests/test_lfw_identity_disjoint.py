@@ -203,3 +203,23 @@ def test_a_bad_shard_is_refused_by_value(sweep, monkeypatch, capsys, shard, mess
     with pytest.raises(SystemExit):
         sweep.parse_args()
     assert message in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_recorded_named_and_left_out_of_the_protocol(sweep, tmp_path):
+    """A run whose loss went NaN would diverge again when rerun (same seed and order)."""
+    pairs, scores = _pairs()
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    for fold in (0, 2):
+        results.record(SETTINGS, "softmax", fold, scores[pairs.folds == fold], 60.0, "cpu")
+    results.record(SETTINGS, "softmax", 1, None, 6.0, "cpu", diverged="loss NaN in epoch 1 of 20")
+    results.record(SETTINGS, "cosface", 1, None, 6.0, "cpu", diverged="loss NaN in epoch 3 of 20")
+    reloaded = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    assert reloaded.runs(SETTINGS)["softmax"]["1"]["diverged"] == "loss NaN in epoch 1 of 20"
+    settings = dict(SETTINGS, configs=["softmax"], folds=[0, 1, 2])
+    assert reloaded.todo(settings) == []  # not retried
+    table = reloaded.table(pairs)
+    expected = _protocol_accuracy(scores, pairs.is_same, pairs.folds, [0, 2])
+    row = next(line for line in table.splitlines() if line.startswith("| softmax |"))
+    assert f"| {100 * expected:.2f} ± " in row and "| 2/10 (0,2); diverged on 1 |" in row
+    row = next(line for line in table.splitlines() if line.startswith("| cosface |"))
+    assert row.startswith("| cosface | – | 0/10 (); diverged on 1 | – |")
