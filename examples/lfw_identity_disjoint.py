@@ -452,9 +452,11 @@ def fold_report(runs, folds, pairs):
 def main():
     args = parse_args()
     started = time.time()
-    lfw_dir = resolve_lfw_dir(args.lfw_dir, images=args.aligned_dir is None)
+    needs_images = args.aligned_dir is None and not args.merge  # merging reads only labels
+    lfw_dir = resolve_lfw_dir(args.lfw_dir, images=needs_images)
     images_dir = lfw_dir / LFW_IMAGES
-    pairs = read_pairs(lfw_dir / LFW_PAIRS, args.aligned_dir or images_dir)
+    pairs = read_pairs(lfw_dir / LFW_PAIRS,
+                       None if args.merge else args.aligned_dir or images_dir)
     results = SweepResults(args.results)
     if args.merge:
         added = results.merge(args.merge)

@@ -131,6 +131,24 @@ def test_merge_adds_only_the_runs_this_file_lacks(sweep, tmp_path):
         here.merge(str(tmp_path / "missing.json"))
 
 
+def test_merge_needs_only_pairs_txt(sweep, tmp_path, monkeypatch, capsys):
+    """Merging back a GPU machine's results needs the pair labels, not the LFW images."""
+    lfw = tmp_path / "lfw"  # pairs.txt only: 2 folds of 1 matched + 1 mismatched pair
+    lfw.mkdir()
+    (lfw / "pairs.txt").write_text("2 1\nAnn 1 2\nAnn 1 Bob 1\nCid 1 2\nCid 1 Dan 1\n")
+    there = sweep.SweepResults(str(tmp_path / "there.json"))
+    for fold in (0, 1):
+        there.record(SETTINGS, "arcface", fold, np.array([0.9, 0.1]), 60.0, "jax on H200")
+    here = tmp_path / "here.json"
+    monkeypatch.setattr("sys.argv", ["x", "--lfw-dir", str(lfw), "--results", str(here),
+                                     "--merge", str(tmp_path / "there.json")])
+    sweep.main()
+    assert "2 runs added" in capsys.readouterr().out
+    runs = sweep.SweepResults(str(here)).runs(SETTINGS)["arcface"]
+    assert sorted(runs) == ["0", "1"]
+    assert "| arcface |" in (tmp_path / "here.md").read_text()
+
+
 def test_training_lists_read_crops_aligned_elsewhere(sweep, tmp_path):
     aligned = tmp_path / "pack" / "aligned_112x96"
     for name, count in (("Ann_A", 2), ("Bob_B", 1), ("Cid_C", 3)):
