@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from keras_sphereface.atomic import atomic_path  # noqa: E402
+from keras_sphereface.data import scan_identity_folder  # noqa: E402
 from keras_sphereface.errors import UserInputError  # noqa: E402
 from keras_sphereface.evaluation.lfw import LFW_PAIRS, resolve_lfw_dir  # noqa: E402
 
@@ -62,13 +63,7 @@ def pack(args):
     """The crops (as they are, or re-encoded at `args.quality`) and pairs.txt into one
     gzipped tar; the wheels into args.wheels."""
     pairs_path = resolve_lfw_dir(args.lfw_dir, images=False) / LFW_PAIRS
-    crops = sorted(os.path.join(folder, name)
-                   for folder in os.listdir(args.aligned_dir)
-                   if os.path.isdir(os.path.join(args.aligned_dir, folder))
-                   for name in os.listdir(os.path.join(args.aligned_dir, folder)))
-    if not crops:
-        raise UserInputError(f"Expected aligned crops NAME/NAME_0001.jpg under --aligned-dir. "
-                             f"Received: {args.aligned_dir}, which holds none")
+    crops = scan_identity_folder(args.aligned_dir).paths  # what the sweep will index there
     os.makedirs(os.path.dirname(os.path.abspath(args.pack)), exist_ok=True)
     with atomic_path(args.pack) as tmp, tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
         tar.add(pairs_path, arcname=LFW_PAIRS)

@@ -83,7 +83,7 @@ def test_pack_without_crops_names_the_folder(tiny_lfw, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1
-    assert f"Expected aligned crops NAME/NAME_0001.jpg under --aligned-dir. Received: {empty}" \
+    assert f"Expected identity sub-folders holding .jpg/.jpeg/.png images. Received: {str(empty)!r}" \
         in done.stderr
     assert not (tmp_path / "pack.tar.gz").exists()
 
