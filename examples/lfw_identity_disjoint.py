@@ -404,8 +404,27 @@ class SweepResults:
                 for fold, run in runs.items():
                     self._check_pair_count(key, name, fold, run, pairs)
             lines += [table_row(name, runs, pairs) for name, runs in recipe["runs"].items()]
-            lines.append("")
+            lines += ["", *same_folds_line(recipe["runs"], pairs)]
         return "\n".join(lines)
+
+
+def same_folds_line(recipe_runs, pairs):
+    """The configs compared on the folds all of them scored (the folds differ while a sweep
+    runs, and by divergence): a line, or nothing with fewer than 2 configs or 2 such folds."""
+    scored = {name: {fold for fold, run in runs.items() if "scores" in run}
+              for name, runs in recipe_runs.items()}
+    if len(scored) < 2:
+        return []
+    common = sorted(set.intersection(*scored.values()), key=int)
+    if len(common) < 2 or all(len(folds) == len(common) for folds in scored.values()):
+        return []  # fewer than 2 folds to compare on, or the rows above compare already
+    accuracies = []
+    for name, runs in recipe_runs.items():
+        report = fold_report(runs, [int(fold) for fold in common], pairs)
+        accuracies.append(f"{name} {100 * report['accuracy_mean']:.2f} ± "
+                          f"{100 * report['accuracy_std']:.2f} %")
+    return [f"On the folds every config scored ({','.join(common)}): "
+            + ", ".join(accuracies) + ".", ""]
 
 
 def table_row(name, runs, pairs):

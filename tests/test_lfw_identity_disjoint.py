@@ -241,3 +241,25 @@ def test_a_diverged_run_is_recorded_named_and_left_out_of_the_protocol(sweep, tm
     assert f"| {100 * expected:.2f} ± " in row and "| 2/10 (0,2); diverged on 1 |" in row
     row = next(line for line in table.splitlines() if line.startswith("| cosface |"))
     assert row.startswith("| cosface | – | 0/10 (); diverged on 1 | – |")
+
+
+def test_configs_are_compared_on_the_folds_all_of_them_scored(sweep, tmp_path):
+    pairs, scores = _pairs(num_folds=4)
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    for fold in (0, 1, 2, 3):
+        results.record(SETTINGS, "arcface", fold, scores[pairs.folds == fold] + 0.1 * fold, 60.0,
+                       "cpu")
+    for fold in (0, 1, 3):
+        results.record(SETTINGS, "softmax", fold, scores[pairs.folds == fold], 60.0, "cpu")
+    results.record(SETTINGS, "softmax", 2, None, 6.0, "cpu", diverged="loss NaN in epoch 1 of 20")
+    table = results.table(pairs)
+    shifted = scores + 0.1 * pairs.folds
+    arcface = _protocol_accuracy(shifted, pairs.is_same, pairs.folds, [0, 1, 3])
+    softmax = _protocol_accuracy(scores, pairs.is_same, pairs.folds, [0, 1, 3])
+    assert arcface != _protocol_accuracy(shifted, pairs.is_same, pairs.folds, [0, 1, 2, 3])
+    line = next(line for line in table.splitlines() if line.startswith("On the folds"))
+    assert line.startswith(f"On the folds every config scored (0,1,3): arcface "
+                           f"{100 * arcface:.2f} ± ")
+    assert f", softmax {100 * softmax:.2f} ± " in line
+    results.data["recipes"][results.recipe_key(SETTINGS)]["runs"]["arcface"].pop("2")
+    assert "On the folds" not in results.table(pairs)  # the same folds: the rows compare
