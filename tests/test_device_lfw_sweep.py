@@ -83,8 +83,9 @@ def test_pack_without_crops_names_the_folder(tiny_lfw, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1
-    assert f"Expected identity sub-folders holding .jpg/.jpeg/.png images. Received: {str(empty)!r}" \
-        in done.stderr
+    expected = ("Expected identity sub-folders holding .jpg/.jpeg/.png images. "
+                f"Received: {str(empty)!r}")
+    assert expected in done.stderr
     assert not (tmp_path / "pack.tar.gz").exists()
 
 
