@@ -411,20 +411,24 @@ class SweepResults:
 def same_folds_line(recipe_runs, pairs):
     """The configs compared on the folds all of them scored (the folds differ while a sweep
     runs, and by divergence): a line, or nothing with fewer than 2 configs or 2 such folds."""
-    scored = {name: {fold for fold, run in runs.items() if "scores" in run}
-              for name, runs in recipe_runs.items()}
+    scored = {name: set(scored_folds(runs)) for name, runs in recipe_runs.items()}
     if len(scored) < 2:
         return []
-    common = sorted(set.intersection(*scored.values()), key=int)
+    common = sorted(set.intersection(*scored.values()))
     if len(common) < 2 or all(len(folds) == len(common) for folds in scored.values()):
         return []  # fewer than 2 folds to compare on, or the rows above compare already
     accuracies = []
     for name, runs in recipe_runs.items():
-        report = fold_report(runs, [int(fold) for fold in common], pairs)
+        report = fold_report(runs, common, pairs)
         accuracies.append(f"{name} {100 * report['accuracy_mean']:.2f} ± "
                           f"{100 * report['accuracy_std']:.2f} %")
-    return [f"On the folds every config scored ({','.join(common)}): "
+    return [f"On the folds every config scored ({','.join(map(str, common))}): "
             + ", ".join(accuracies) + ".", ""]
+
+
+def scored_folds(runs):
+    """The folds of a config's runs that have scores (not those whose training diverged)."""
+    return sorted(int(fold) for fold, run in runs.items() if "scores" in run)
 
 
 def table_row(name, runs, pairs):
@@ -432,7 +436,7 @@ def table_row(name, runs, pairs):
     accuracy of that fold's own best threshold, marked optimistic); folds whose training
     diverged are named, outside the protocol."""
     diverged = sorted(int(fold) for fold, run in runs.items() if "scores" not in run)
-    folds = sorted(int(fold) for fold, run in runs.items() if "scores" in run)
+    folds = scored_folds(runs)
     report = fold_report(runs, folds, pairs)
     if not folds:
         accuracy, auc = "–", "–"
