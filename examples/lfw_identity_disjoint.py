@@ -34,7 +34,8 @@ is skipped, so the sweep accumulates across machines and sessions, and `--max-mi
 stops it between runs to fit a time limit. Runs go fold by fold (every config on fold 0,
 then fold 1, ...), so a sweep cut short still compares the configs on the same folds. The
 table (results.md beside the results file) comes from the scores alone: the protocol over
-every fold done (10 for the real figure).
+every fold done (10 for the real figure), then each of COMPARISONS (the margin family, the
+A-Softmax ablation) on the folds all its configs scored.
 Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
 run's scores are recorded. `--aligned-dir` reuses crops aligned earlier (the LFW folder then
 needs only pairs.txt), `--merge FILE` adds the runs another machine recorded in its copy of
@@ -85,6 +86,13 @@ CONFIGS = {
     "a-softmax-m1": ("sphereface", 1, None),
     "a-softmax-m2": ("sphereface", 2, None),
     "a-softmax-m3": ("sphereface", 3, None),
+}
+# the comparisons the table draws, each on the folds all its configs scored (issue 10: the
+# margin family against softmax, and the SphereFace paper's ablation over m)
+COMPARISONS = {
+    "the margin family": ("softmax", "a-softmax", "cosface", "arcface", "curricularface"),
+    "the A-Softmax ablation": ("softmax", "a-softmax-m1", "a-softmax-m2", "a-softmax-m3",
+                               "a-softmax"),
 }
 # the aligned crops: OUTPUT/ALIGNED/NAME/NAME_0001.jpg
 ALIGNED = "aligned_112x96"
@@ -404,26 +412,32 @@ class SweepResults:
                 for fold, run in runs.items():
                     self._check_pair_count(key, name, fold, run, pairs)
             lines += [table_row(name, runs, pairs) for name, runs in recipe["runs"].items()]
-            lines += ["", *same_folds_line(recipe["runs"], pairs)]
+            lines += ["", *same_folds_lines(recipe["runs"], pairs)]
         return "\n".join(lines)
 
 
-def same_folds_line(recipe_runs, pairs):
-    """The configs compared on the folds all of them scored (the folds differ while a sweep
-    runs, and by divergence): a line, or nothing with fewer than 2 configs or 2 such folds."""
-    scored = {name: set(scored_folds(runs)) for name, runs in recipe_runs.items()}
-    if len(scored) < 2:
-        return []
-    common = sorted(set.intersection(*scored.values()))
-    if len(common) < 2 or all(len(folds) == len(common) for folds in scored.values()):
-        return []  # fewer than 2 folds to compare on, or the rows above compare already
-    accuracies = []
-    for name, runs in recipe_runs.items():
-        report = fold_report(runs, common, pairs)
-        accuracies.append(f"{name} {100 * report['accuracy_mean']:.2f} ± "
-                          f"{100 * report['accuracy_std']:.2f} %")
-    return [f"On the folds every config scored ({','.join(map(str, common))}): "
-            + ", ".join(accuracies) + ".", ""]
+def same_folds_lines(recipe_runs, pairs):
+    """Each comparison's configs on the folds all of them scored (the folds differ while a
+    sweep runs, and by divergence): a line per comparison with 2 configs and 2 such folds
+    whose rows do not compare already."""
+    lines, drawn = [], []
+    for comparison, names in COMPARISONS.items():
+        scored = {name: set(scored_folds(recipe_runs[name])) for name in names
+                  if name in recipe_runs}
+        if len(scored) < 2 or set(scored) in drawn:
+            continue
+        drawn.append(set(scored))
+        common = sorted(set.intersection(*scored.values()))
+        if len(common) < 2 or all(len(folds) == len(common) for folds in scored.values()):
+            continue  # fewer than 2 folds to compare on, or the rows above compare already
+        accuracies = []
+        for name in scored:
+            report = fold_report(recipe_runs[name], common, pairs)
+            accuracies.append(f"{name} {100 * report['accuracy_mean']:.2f} ± "
+                              f"{100 * report['accuracy_std']:.2f} %")
+        lines += [f"{comparison[0].upper()}{comparison[1:]} on the folds all its configs scored "
+                  f"({','.join(map(str, common))}): " + ", ".join(accuracies) + ".", ""]
+    return lines
 
 
 def scored_folds(runs):

@@ -257,9 +257,45 @@ def test_configs_are_compared_on_the_folds_all_of_them_scored(sweep, tmp_path):
     arcface = _protocol_accuracy(shifted, pairs.is_same, pairs.folds, [0, 1, 3])
     softmax = _protocol_accuracy(scores, pairs.is_same, pairs.folds, [0, 1, 3])
     assert arcface != _protocol_accuracy(shifted, pairs.is_same, pairs.folds, [0, 1, 2, 3])
-    line = next(line for line in table.splitlines() if line.startswith("On the folds"))
-    assert line.startswith(f"On the folds every config scored (0,1,3): arcface "
-                           f"{100 * arcface:.2f} ± ")
-    assert f", softmax {100 * softmax:.2f} ± " in line
+    line = next(line for line in table.splitlines() if line.startswith("The margin family"))
+    assert line.startswith(f"The margin family on the folds all its configs scored (0,1,3): "
+                           f"softmax {100 * softmax:.2f} ± ")  # in the comparison's order
+    assert f", arcface {100 * arcface:.2f} ± " in line
+    assert "ablation" not in table  # its configs: softmax alone
     results.data["recipes"][results.recipe_key(SETTINGS)]["runs"]["arcface"].pop("2")
-    assert "On the folds" not in results.table(pairs)  # the same folds: the rows compare
+    assert "on the folds" not in results.table(pairs)  # the same folds: the rows compare
+
+
+def test_the_margin_family_and_the_ablation_are_compared_each_on_its_own_folds(sweep, tmp_path):
+    """A partly done ablation narrows its own comparison, not the margin family's."""
+    pairs, scores = _pairs(num_folds=4)
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    shift = {"softmax": 0.0, "a-softmax": 0.3, "cosface": 0.2, "a-softmax-m1": 0.1}
+    done = {"softmax": (0, 1, 2, 3), "a-softmax": (0, 1, 2, 3), "cosface": (0, 1, 2),
+            "a-softmax-m1": (0, 1)}
+    for name, folds in done.items():
+        for fold in folds:
+            fold_scores = scores[pairs.folds == fold] + shift[name] * (fold + 1)
+            results.record(SETTINGS, name, fold, fold_scores, 60.0, "cpu")
+    lines = results.table(pairs).splitlines()
+
+    def expected(name, folds):
+        shifted = scores + shift[name] * (pairs.folds + 1)
+        accuracy = _protocol_accuracy(shifted, pairs.is_same, pairs.folds, folds)
+        return f"{name} {100 * accuracy:.2f} ± "
+
+    family = next(line for line in lines if line.startswith("The margin family"))
+    assert family.startswith("The margin family on the folds all its configs scored (0,1,2): ")
+    for name in ("softmax", "a-softmax", "cosface"):
+        assert expected(name, [0, 1, 2]) in family
+    assert "a-softmax-m1" not in family
+    ablation = next(line for line in lines if line.startswith("The A-Softmax ablation"))
+    assert ablation.startswith("The A-Softmax ablation on the folds all its configs scored (0,1): ")
+    positions = [ablation.index(expected(name, [0, 1]))
+                 for name in ("softmax", "a-softmax-m1", "a-softmax")]
+    assert positions == sorted(positions)  # m rising, as COMPARISONS lists them
+    assert "cosface" not in ablation
+
+
+def test_every_config_is_in_a_comparison(sweep):
+    assert set(sweep.CONFIGS) == set().union(*sweep.COMPARISONS.values())
