@@ -90,8 +90,8 @@ CONFIGS = {
 # the comparisons the table draws, each on the folds all its configs scored (issue 10: the
 # margin family against softmax, and the SphereFace paper's ablation over m)
 COMPARISONS = {
-    "the margin family": ("softmax", "a-softmax", "cosface", "arcface", "curricularface"),
-    "the A-Softmax ablation": ("softmax", "a-softmax-m1", "a-softmax-m2", "a-softmax-m3",
+    "The margin family": ("softmax", "a-softmax", "cosface", "arcface", "curricularface"),
+    "The A-Softmax ablation": ("softmax", "a-softmax-m1", "a-softmax-m2", "a-softmax-m3",
                                "a-softmax"),
 }
 # the aligned crops: OUTPUT/ALIGNED/NAME/NAME_0001.jpg
@@ -435,7 +435,7 @@ def same_folds_lines(recipe_runs, pairs):
             report = fold_report(recipe_runs[name], common, pairs)
             accuracies.append(f"{name} {100 * report['accuracy_mean']:.2f} ± "
                               f"{100 * report['accuracy_std']:.2f} %")
-        lines += [f"{comparison[0].upper()}{comparison[1:]} on the folds all its configs scored "
+        lines += [f"{comparison} on the folds all its configs scored "
                   f"({','.join(map(str, common))}): " + ", ".join(accuracies) + ".", ""]
     return lines
 
