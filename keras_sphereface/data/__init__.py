@@ -13,6 +13,7 @@ from keras_sphereface.data.index import (
     check_labels,
     check_min_identities,
     epoch_order,
+    jitter_matrices,
     load_label_map,
     read_list_file,
     save_label_map,

@@ -285,6 +285,42 @@ def epoch_order(num_images, seed, epoch, shuffle=True, flip=True):
     return positions.astype(np.int64), flips
 
 
+def jitter_matrices(num_images, seed, epoch, image_size, jitter):
+    """Random similarities [N, 2, 3] of `epoch` (crop pixel → jittered crop pixel), per image.
+
+    Image i of the epoch is scaled by 1 + u₁·j, rotated by u₂·j·90° about the crop centre and
+    shifted by (u₃·j·W, u₄·j·H), each u uniform in [−1, 1] (j = `jitter` in [0, 0.5); 0: the
+    identity). A pure function of (seed, epoch) like `epoch_order`, from a stream of its own,
+    so the order and the flips do not depend on `jitter`. Row i belongs to image i.
+    """
+    if not (isinstance(jitter, (int, float)) and 0 <= jitter < 0.5):
+        raise UserInputError(f"Expected 0 <= jitter < 0.5. Received: jitter={jitter!r}")
+    height, width = image_size
+    u = np.random.default_rng([int(seed), int(epoch), 1]).uniform(-1.0, 1.0, (num_images, 4))
+    scale, angle = 1.0 + jitter * u[:, 0], jitter * u[:, 1] * (np.pi / 2)
+    linear = scale[:, None, None] * np.stack(
+        [np.stack([np.cos(angle), -np.sin(angle)], 1), np.stack([np.sin(angle), np.cos(angle)], 1)], 1
+    )
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    shift = jitter * u[:, 2:] * np.array([width, height])
+    translation = centre + shift - linear @ centre
+    return np.concatenate([linear, translation[:, :, None]], axis=2)
+
+
+def compose_affine(outer, inner):
+    """[N, 2, 3] affine maps `outer ∘ inner` (apply `inner` first); either may be one [2, 3]."""
+    outer, inner = np.asarray(outer, np.float64), np.asarray(inner, np.float64)
+    return outer[..., :2] @ inner + np.concatenate(
+        [np.zeros(inner.shape[:-1] + (2,)), outer[..., 2:]], axis=-1
+    )
+
+
+def invert_affine(matrices):
+    """Inverse affine maps [N, 2, 3] of invertible `matrices` [N, 2, 3]."""
+    linear = np.linalg.inv(np.asarray(matrices, np.float64)[..., :2])
+    return np.concatenate([linear, -linear @ np.asarray(matrices, np.float64)[..., 2:]], axis=-1)
+
+
 def resolve_landmarks(index, landmarks):
     """Per-image (5, 2) landmarks for `index` from a {relative_path: points} dict or a file path.
 

@@ -6,7 +6,9 @@ crop or align on the fly. Alignment uses the similarity transform of the 5 landm
 SphereFace template, computed once per image in NumPy (`index.alignment_matrices`); a JPEG is decoded
 only inside the window the warp reads (`decode_and_crop_jpeg`), then warped with TF's bilinear
 projective transform (edge pixels replicated, as `cv2.BORDER_REPLICATE`), then flipped when the
-epoch's coin says so. The order and flips of every epoch come from `index.epoch_order(seed, epoch)`.
+epoch's coin says so. The order and flips of every epoch come from `index.epoch_order(seed, epoch)`;
+the optional jitter (`index.jitter_matrices`) is composed with the alignment, so the one warp
+does both (already-aligned crops are then warped with the jitter alone).
 
 Output elements: `({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`, which Keras
 accepts on every backend (TensorFlow, JAX, PyTorch).
@@ -133,17 +135,28 @@ def _warp(data, inverse, bounds, image_size):
     return tf.cast(tf.round(warped), tf.uint8)
 
 
-def _epoch_plans(num_images, batch_size, seed, initial_epoch, flip):
-    """Endless (position, flip) stream: epoch e is `epoch_order(seed, e)` cut to full batches."""
+def _epoch_plans(num_images, batch_size, seed, initial_epoch, flip, sampling, image_size):
+    """Endless (position, flip[, inverse, bounds]) stream: epoch e is `epoch_order(seed, e)` cut
+    to full batches. `sampling(positions, epoch)`, if given, is each image's crop → source
+    map [K, 2, 3] in that epoch; the source window it reads comes with it."""
     keep = index_lib.steps_per_epoch(num_images, batch_size) * batch_size
+    types, shapes = (tf.int64, tf.bool), ([keep], [keep])
+    if sampling is not None:
+        types, shapes = types + (tf.float32, tf.int32), shapes + ([keep, 2, 3], [keep, 4])
 
     def plan(epoch):
         positions, flips = index_lib.epoch_order(num_images, seed, int(epoch), shuffle=True, flip=flip)
-        return positions[:keep], flips[:keep]
+        positions, flips = positions[:keep], flips[:keep]
+        if sampling is None:
+            return positions, flips
+        inverse = sampling(positions, int(epoch))
+        return positions, flips, inverse.astype(np.float32), _crop_bounds(inverse, image_size)
 
     def one_epoch(epoch):
-        positions, flips = tf.numpy_function(plan, [epoch], (tf.int64, tf.bool), stateful=False)
-        return tf.data.Dataset.from_tensor_slices((tf.ensure_shape(positions, [keep]), tf.ensure_shape(flips, [keep])))
+        columns = tf.numpy_function(plan, [epoch], types, stateful=False)
+        return tf.data.Dataset.from_tensor_slices(
+            tuple(tf.ensure_shape(column, shape) for column, shape in zip(columns, shapes))
+        )
 
     return tf.data.Dataset.range(initial_epoch, 2**62).flat_map(one_epoch)
 
@@ -157,6 +170,7 @@ def make_dataset(
     seed=0,
     initial_epoch=0,
     flip=None,
+    jitter=0.0,
     cache=False,
     deterministic=True,
 ):
@@ -173,14 +187,19 @@ def make_dataset(
             shuffled and flipped by `epoch_order(seed, e)` and cut to full batches; pass
             `steps_per_epoch=steps_per_epoch(len(index), batch_size)` and `initial_epoch` to
             `fit` (a resumed run then sees exactly the same batches). False: one pass in index
-            order, no flip, the last batch partial.
+            order, no flip, no jitter, the last batch partial.
         flip: random horizontal flip (default: `training`).
+        jitter: random similarity per image and epoch (`index.jitter_matrices`: scale
+            1 ± j, rotation ± j·90°, shift ± j·size), folded into the alignment's warp, so an
+            image is interpolated once; aligned crops are warped with it. 0: none.
         cache: read every encoded file into memory once, now, in parallel (then no file I/O;
             memory = the files' total size, e.g. ~2.5 GB for CASIA-WebFace crops).
         deterministic: keep element order under parallel decode (required for exact resume).
     """
     image_size = tuple(int(v) for v in image_size)
     flip = training if flip is None else flip
+    jitter = jitter if training else 0.0
+    index_lib.jitter_matrices(0, seed, 0, image_size, jitter)  # validates jitter
     if batch_size < 1 or (training and len(index) < batch_size):
         raise UserInputError(
             f"Expected 1 <= batch_size <= number of images ({len(index)}). Received: batch_size={batch_size}"
@@ -188,20 +207,19 @@ def make_dataset(
     paths = tf.constant(index.absolute_paths())
     labels = tf.constant(index.labels, tf.int32)
 
-    if landmarks is None:
-        def load(position):
-            image = _decode_rgb(read(position))
-            return tf.ensure_shape(image, image_size + (3,))
-    else:
-        points = index_lib.resolve_landmarks(index, landmarks)
-        forward = index_lib.alignment_matrices(points, image_size, index.paths)
-        # The warp op maps each crop pixel back to the source: the inverse transform.
-        inverse = np.linalg.inv(np.concatenate([forward, np.tile([[[0.0, 0.0, 1.0]]], (len(forward), 1, 1))], 1))[:, :2]
-        inverse_table = tf.constant(inverse, tf.float32)
-        bounds_table = tf.constant(_crop_bounds(inverse, image_size), tf.int32)
+    sampling = None
+    if landmarks is not None or jitter:
+        forward = np.tile(np.eye(3)[:2], (len(index), 1, 1))  # aligned crops: the identity
+        if landmarks is not None:
+            points = index_lib.resolve_landmarks(index, landmarks)
+            forward = index_lib.alignment_matrices(points, image_size, index.paths)
 
-        def load(position):
-            return _warp(read(position), inverse_table[position], bounds_table[position], image_size)
+        def sampling(positions, epoch):
+            """The crop → source maps the warp samples with: (jitter ∘ alignment)⁻¹."""
+            if jitter:
+                moved = index_lib.jitter_matrices(len(index), seed, epoch, image_size, jitter)
+                return index_lib.invert_affine(index_lib.compose_affine(moved[positions], forward[positions]))
+            return index_lib.invert_affine(forward[positions])
 
     if cache:
         encoded = tf.Variable(_read_all(paths), trainable=False)
@@ -213,14 +231,20 @@ def make_dataset(
             return tf.io.read_file(paths[position])
 
     if training:
-        plans = _epoch_plans(len(index), batch_size, seed, initial_epoch, flip)
+        plans = _epoch_plans(len(index), batch_size, seed, initial_epoch, flip, sampling, image_size)
     else:
-        plans = tf.data.Dataset.from_tensor_slices(
-            (np.arange(len(index), dtype=np.int64), np.zeros(len(index), dtype=bool))
-        )
+        positions = np.arange(len(index), dtype=np.int64)
+        columns = (positions, np.zeros(len(index), dtype=bool))
+        if sampling is not None:
+            inverse = sampling(positions, 0)
+            columns += (inverse.astype(np.float32), _crop_bounds(inverse, image_size))
+        plans = tf.data.Dataset.from_tensor_slices(columns)
 
-    def load_element(position, flip_it):
-        image = load(position)
+    def load_element(position, flip_it, *warp):
+        if warp:
+            image = _warp(read(position), *warp, image_size)
+        else:
+            image = tf.ensure_shape(_decode_rgb(read(position)), image_size + (3,))
         if flip:  # per image: measured cheaper than a select over the whole batch
             image = tf.cond(flip_it, lambda: tf.reverse(image, axis=[1]), lambda: image)
         return image, labels[position]

@@ -5,7 +5,8 @@ per-epoch order and flips as `make_dataset` (both follow `index.epoch_order(seed
 `({"images": uint8 [B, H, W, 3], "labels": int32 [B]}, labels)`. Decoding is the alignment
 step's `read_image` (OpenCV; grayscale, RGBA and 16-bit become 8-bit RGB; EXIF orientation
 ignored, as TensorFlow and the landmarks do); alignment is `cv2.warpAffine` with the
-similarity transforms computed once up front, as `align_face` does per call.
+similarity transforms computed once up front, as `align_face` does per call, composed with the
+epoch's jitter when there is one.
 
 For training, one pass serves every epoch left back to back, as tf.data's stream does:
 batch i is batch i mod S of epoch `initial_epoch + i // S` (S steps per epoch), a pure
@@ -59,8 +60,8 @@ class FaceDataset(keras.utils.PyDataset):
     """Batches of aligned faces from an `ImageIndex`, decoded with OpenCV (no TensorFlow).
 
     Args:
-        index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip: as in
-            `make_dataset`, except that the pass is finite (`len(self)` batches): training
+        index, batch_size, image_size, landmarks, training, seed, initial_epoch, flip, jitter:
+            as in `make_dataset`, except that the pass is finite (`len(self)` batches): training
             serves epochs initial_epoch..epochs-1 (full batches only), evaluation each image
             once in order.
         epochs: the end of training (exclusive, as `fit`'s epochs); default initial_epoch + 1.
@@ -79,6 +80,7 @@ class FaceDataset(keras.utils.PyDataset):
         initial_epoch=0,
         epochs=None,
         flip=None,
+        jitter=0.0,
         workers=None,
         prefetch=2,
     ):
@@ -95,18 +97,22 @@ class FaceDataset(keras.utils.PyDataset):
         self.index = index
         self.batch_size = int(batch_size)
         self.image_size = tuple(int(v) for v in image_size)
-        self.matrices = None
+        self.training = training
+        self.flip = training if flip is None else flip
+        self.jitter = jitter if training else 0.0
+        index_lib.jitter_matrices(0, seed, 0, self.image_size, self.jitter)  # validates jitter
+        self.matrices = None  # per image, source → crop
         if landmarks is not None:
             points = index_lib.resolve_landmarks(index, landmarks)
             self.matrices = index_lib.alignment_matrices(points, self.image_size, index.paths)
-        self.training = training
-        self.flip = training if flip is None else flip
+        elif self.jitter:
+            self.matrices = np.tile(np.eye(3)[:2], (len(index), 1, 1))
         self.seed = seed
         self.initial_epoch, self.epochs = int(initial_epoch), int(epochs)
         self.steps_per_epoch = index_lib.steps_per_epoch(len(index), self.batch_size)
         self.prefetch = int(prefetch)
         self._paths = index.absolute_paths()
-        self._orders = {}  # epoch -> (positions, flips), the last two epochs
+        self._orders = {}  # epoch -> (positions, flips, warps or None), the last two epochs
         # not self.workers: PyDataset's, which Keras reads to start its own queue
         self._threads = os.cpu_count() if workers is None else int(workers)
         self._pool = concurrent.futures.ThreadPoolExecutor(self._threads)
@@ -126,22 +132,27 @@ class FaceDataset(keras.utils.PyDataset):
     def _epoch_order(self, epoch):
         if epoch not in self._orders:
             self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
-            self._orders[epoch] = index_lib.epoch_order(
+            positions, flips = index_lib.epoch_order(
                 len(self.index), self.seed, epoch, shuffle=self.training, flip=self.flip
             )
+            warps = self.matrices
+            if self.jitter:
+                moved = index_lib.jitter_matrices(len(self.index), self.seed, epoch, self.image_size, self.jitter)
+                warps = index_lib.compose_affine(moved, warps)
+            self._orders[epoch] = positions, flips, warps
         return self._orders[epoch]
 
     def _submit(self, batch):
         epoch, within = self.epoch_of(batch)
-        positions, flips = self._epoch_order(epoch)
+        positions, flips, warps = self._epoch_order(epoch)
         chosen = slice(within * self.batch_size, (within + 1) * self.batch_size)
         positions = positions[chosen]
         chunk = -(-len(positions) // self._threads)  # one task per thread: little overhead
-        futures = [self._pool.submit(lambda part: [self._load(p) for p in part], positions[i:i + chunk])
+        futures = [self._pool.submit(lambda part: [self._load(p, warps) for p in part], positions[i:i + chunk])
                    for i in range(0, len(positions), chunk)]
         return futures, flips[chosen], self.index.labels[positions]
 
-    def _load(self, position):
+    def _load(self, position, warps):
         try:
             image, _ = read_image(self._paths[position])
         except UnreadableImage as error:
@@ -149,10 +160,10 @@ class FaceDataset(keras.utils.PyDataset):
                 f"Expected a readable JPEG/PNG (run validate_images before training). "
                 f"Received: {self._paths[position]!r}: {error}"
             ) from None
-        if self.matrices is not None:
+        if warps is not None:
             height, width = self.image_size
             return cv2.warpAffine(
-                image, self.matrices[position], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                image, warps[position], (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
         if image.shape[:2] != self.image_size:
             raise UserInputError(

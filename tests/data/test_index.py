@@ -8,6 +8,7 @@ from keras_sphereface.data import (
     check_labels,
     check_min_identities,
     epoch_order,
+    jitter_matrices,
     load_label_map,
     read_list_file,
     save_label_map,
@@ -96,6 +97,39 @@ def test_epoch_order_is_a_seeded_permutation_per_epoch():
     assert not epoch_order(1000, 7, 3, flip=False)[1].any()
     np.testing.assert_array_equal(epoch_order(5, 7, 3, shuffle=False)[0], np.arange(5))
     assert steps_per_epoch(1000, 64) == 15
+
+
+def test_jitter_matrices_are_bounded_similarities_about_the_centre():
+    height, width, jitter = 112, 96, 0.1
+    matrices = jitter_matrices(2000, seed=7, epoch=3, image_size=(height, width), jitter=jitter)
+    assert matrices.shape == (2000, 2, 3)
+    (a, b), (c, d) = matrices[:, 0, :2].T, matrices[:, 1, :2].T
+    np.testing.assert_allclose(a, d)  # a similarity: [[s cos, -s sin], [s sin, s cos]]
+    np.testing.assert_allclose(b, -c)
+    scale, angle = np.hypot(a, c), np.degrees(np.arctan2(c, a))
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    shift = matrices[:, :, :2] @ centre + matrices[:, :, 2] - centre
+    for values, bound in ((scale - 1, jitter), (angle, 90 * jitter), (shift[:, 0], jitter * width),
+                          (shift[:, 1], jitter * height)):
+        assert np.abs(values).max() <= bound + 1e-9
+        assert np.abs(values).max() > 0.95 * bound  # the whole range is used (uniform draws)
+    np.testing.assert_array_equal(matrices, jitter_matrices(2000, 7, 3, (height, width), jitter))
+    assert not np.allclose(matrices, jitter_matrices(2000, 7, 4, (height, width), jitter))
+    identity = jitter_matrices(5, 7, 3, (height, width), 0.0)
+    np.testing.assert_array_equal(identity, np.tile([[1.0, 0, 0], [0, 1, 0]], (5, 1, 1)))
+    for bad in (-0.1, 0.5, "0.1", float("nan")):
+        with pytest.raises(UserInputError, match=rf"Expected 0 <= jitter < 0.5. Received: jitter={bad!r}"):
+            jitter_matrices(5, 7, 3, (height, width), bad)
+
+
+def test_compose_and_invert_affine_match_3x3_products():
+    from keras_sphereface.data.index import compose_affine, invert_affine
+
+    rng = np.random.default_rng(1)
+    outer, inner = rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2, 3))
+    full = lambda m: np.concatenate([m, np.tile([[[0.0, 0, 1]]], (len(m), 1, 1))], 1)  # noqa: E731
+    np.testing.assert_allclose(compose_affine(outer, inner), (full(outer) @ full(inner))[:, :2])
+    np.testing.assert_allclose(invert_affine(outer), np.linalg.inv(full(outer))[:, :2])
 
 
 def test_scan_lfw(lfw_dir):

@@ -148,3 +148,46 @@ def test_landmarks_file_and_missing_landmarks(tmp_path, crop_tree):
     for relpath, got in zip(index.paths, out[0]):
         want = cv2.warpAffine(crop_tree[1][relpath], forward, (96, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         assert np.abs(got.astype(int) - want).max() <= 2
+
+
+def cv2_warp(image, forward, size):
+    return cv2.warpAffine(image, forward, (size[1], size[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_jitter_is_one_warp_of_jitter_after_alignment(tmp_path, write_rgb, aligned):
+    from keras_sphereface.data import epoch_order, jitter_matrices
+
+    size, jitter, seed = (112, 96), 0.1, 5
+    paths, landmarks, images, alignments = [], {}, [], []
+    for k in range(6):
+        if aligned:  # already-aligned crops: the alignment is the identity
+            image, to_image = smooth_image(size, seed=k), np.eye(3)
+        else:
+            image = smooth_image((250, 240), seed=k)
+            points, to_image = similarity_landmarks(1.3, np.deg2rad(10 * k - 20), (50.0 + 5 * k, 40.0), size)
+            landmarks[f"p/{k}.png"] = points
+        write_rgb(tmp_path / f"p/{k}.png", image)
+        paths.append(f"p/{k}.png")
+        images.append(image)
+        alignments.append(np.linalg.inv(to_image))  # image → crop, 3x3
+    index = ImageIndex(tmp_path, paths, [0] * len(paths), ["p"])
+    dataset = make_dataset(index, 3, image_size=size, landmarks=landmarks or None, seed=seed, jitter=jitter)
+    out = batches(dataset, 4)  # epochs 0 and 1, 2 batches each
+    for epoch in (0, 1):
+        positions, flips = epoch_order(len(index), seed, epoch)
+        moved = jitter_matrices(len(index), seed, epoch, size, jitter)
+        got = np.concatenate([out[2 * epoch][0], out[2 * epoch + 1][0]])
+        for image_out, position, flip in zip(got, positions, flips):
+            forward = (np.vstack([moved[position], [0, 0, 1]]) @ alignments[position])[:2]
+            want = cv2_warp(images[position], forward, size)
+            want = want[:, ::-1] if flip else want
+            difference = np.abs(image_out.astype(int) - want)
+            assert difference.max() <= 2 and difference.mean() <= 0.1, (epoch, position, difference.max())
+    plain = batches(make_dataset(index, 3, image_size=size, landmarks=landmarks or None, seed=seed), 1)
+    assert np.abs(plain[0][0].astype(int) - out[0][0]).mean() > 5  # the jitter moved the faces
+    # evaluation never jitters
+    (evaluated,) = batches(make_dataset(index, 6, image_size=size, landmarks=landmarks or None,
+                                        training=False, jitter=jitter), 1)
+    for image_out, image, alignment in zip(evaluated[0], images, alignments):
+        assert np.abs(image_out.astype(int) - cv2_warp(image, alignment[:2], size)).max() <= 2

@@ -100,3 +100,44 @@ def test_unreadable_file_in_a_batch_is_named(tmp_path):
     loader = FaceDataset(ImageIndex(tmp_path, ["a/broken.jpg"], [0], ["a"]), 1, training=False)
     with pytest.raises(UserInputError, match="broken.jpg"):
         loader[0]
+
+
+@pytest.mark.multi_backend
+@pytest.mark.parametrize("aligned", [True, False])
+def test_jitter_is_one_warp_of_jitter_after_alignment(tmp_path, aligned):
+    from keras_sphereface.data import jitter_matrices
+
+    size, jitter, seed = (112, 96), 0.1, 4
+    rng = np.random.default_rng(3)
+    paths, landmarks, images, alignments = [], {}, [], []
+    for k in range(4):
+        shape = size if aligned else (250, 250)
+        image = cv2.resize(rng.integers(0, 256, (20, 20, 3)).astype(np.uint8), shape[::-1])
+        cv2.imwrite(str(tmp_path / f"{k}.png"), image[..., ::-1])
+        if aligned:
+            alignment = np.eye(3)
+        else:  # the template scaled by 1.5 and shifted: image → crop is the inverse
+            from keras_sphereface.alignment.warp import template_for
+
+            landmarks[f"{k}.png"] = template_for(size) * 1.5 + [20.0 + 10 * k, 30.0]
+            alignment = np.array([[1 / 1.5, 0, -(20.0 + 10 * k) / 1.5], [0, 1 / 1.5, -30.0 / 1.5], [0, 0, 1]])
+        paths.append(f"{k}.png")
+        images.append(image)
+        alignments.append(alignment)
+    index = ImageIndex(tmp_path, paths, [0] * 4, ["a"])
+    loader = FaceDataset(index, 2, landmarks=landmarks or None, seed=seed, epochs=2, jitter=jitter)
+    for batch in range(len(loader)):
+        epoch, within = loader.epoch_of(batch)
+        positions, flips = epoch_order(4, seed, epoch)
+        moved = jitter_matrices(4, seed, epoch, size, jitter)
+        for got, position, flip in zip(loader[batch][0]["images"], positions[2 * within:], flips[2 * within:]):
+            forward = (np.vstack([moved[position], [0, 0, 1]]) @ alignments[position])[:2]
+            want = cv2.warpAffine(images[position], forward, (size[1], size[0]), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+            want = want[:, ::-1] if flip else want
+            assert np.abs(got.astype(int) - want).max() <= 1, (batch, position)
+    evaluation = FaceDataset(index, 4, landmarks=landmarks or None, training=False, jitter=jitter)
+    for got, image, alignment in zip(evaluation[0][0]["images"], images, alignments):
+        want = cv2.warpAffine(image, alignment[:2], (size[1], size[0]), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        assert np.abs(got.astype(int) - want).max() <= 1  # evaluation never jitters
