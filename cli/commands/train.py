@@ -5,7 +5,7 @@ import click
 # options a resumed run takes from its config.json (the data, model and recipe must not change)
 _STORED = (
     "data", "backbone", "mode", "margin", "scale", "weight_normalization", "batch_size",
-    "learning_rate", "warmup_epochs",
+    "learning_rate", "warmup_epochs", "jitter",
     "weight_decay", "width_multiplier", "embedding_dim", "image_size", "landmarks",
     "mixed_precision", "jit_compile", "skip_bad", "cache", "seed",
 )  # fmt: skip
@@ -62,6 +62,9 @@ def _conflicts(ctx, config):
 @click.option("--warmup-epochs", type=click.FloatRange(min=0),
               help="Epochs of linear learning-rate warmup. Default: 2 for the modes that "
                    "normalize the features (normface, cosface, arcface, ...), else 0.")
+@click.option("--jitter", default=0.0, show_default=True, type=click.FloatRange(0, 0.5, max_open=True),
+              help="Random scale (1 ± J), rotation (± J·90°) and shift (± J × the crop size) "
+                   "per image and epoch, on top of the flips; 0: flips only.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float,
               help="Coupled (Caffe-style L2) weight decay of the SGD.")
 @click.option("--width-multiplier", default=1.0, show_default=True, type=float,

@@ -1,8 +1,8 @@
 """Train a Sphere-N backbone with a MarginSoftmax head on an identity folder, with `model.fit`.
 
 The paper's recipe (SphereFace, CVPR 2017): SGD momentum 0.9, coupled weight decay 5e-4,
-lr 0.1 ÷10 at 16/28 and 24/28 of the run, horizontal flips. Everything a run produces lives
-in its run directory:
+lr 0.1 ÷10 at 16/28 and 24/28 of the run, horizontal flips (`jitter` adds random similarity
+transforms). Everything a run produces lives in its run directory:
 
     RUN_DIR/config.json       the arguments of `train` (+ data facts), read back by `resume`
     RUN_DIR/label_map.json    class index → identity name
@@ -211,6 +211,7 @@ def train(
     callbacks=(),
     weight_normalization=None,
     warmup_epochs=None,
+    jitter=0.0,
 ):
     """Train `backbone` + `MarginSoftmax(mode, margin, scale)` on `data` into the run dir `output`.
 
@@ -228,6 +229,9 @@ def train(
         warmup_epochs: epochs (a float is fine) of linear learning-rate warmup before the
             steps; None: `default_warmup_epochs(mode, scale)`, 2 where the features are
             normalized.
+        jitter: random scale, rotation and shift per image and epoch, j in [0, 0.5): scale
+            1 ± j, rotation ± j·90°, shift ± j × the crop size (`data.jitter_matrices`),
+            on top of the horizontal flips; 0: flips only (the paper's recipe).
         image_size: (height, width) or "112x96" / "112x112".
         landmarks: landmarks file to align the images on the fly; None: aligned crops.
         mixed_precision: None, "bfloat16" or "float16" (float16 adds loss scaling).
@@ -251,6 +255,7 @@ def train(
         warmup_epochs = default_warmup_epochs(mode, scale)
     if not (isinstance(warmup_epochs, (int, float)) and 0 <= warmup_epochs < float("inf")):
         raise UserInputError(f"Expected warmup_epochs >= 0. Received: {warmup_epochs!r}")
+    data_lib.jitter_matrices(0, seed, 0, image_size, jitter)  # validates jitter
     policy = mixed_precision_policy(mixed_precision)
     output = os.path.abspath(os.fspath(output))
     if os.path.isdir(output) and os.listdir(output):
@@ -290,6 +295,7 @@ def train(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "warmup_epochs": warmup_epochs,
+        "jitter": jitter,
         "momentum": momentum,
         "weight_decay": weight_decay,
         "width_multiplier": width_multiplier,
@@ -386,6 +392,8 @@ def read_config(output):
                    if key not in config]
     except (OSError, ValueError, TypeError):
         config, missing = None, ["a JSON object"]
+    if not missing:
+        config.setdefault("jitter", 0.0)  # runs written before jitter existed had none
     if missing:
         raise UserInputError(
             f"Expected {path} to be the run's configuration written by train (a JSON object "
@@ -413,6 +421,7 @@ def _fit(model, index, config, output, initial_epoch, verbose, extra_callbacks):
         training=True,
         seed=config["seed"],
         initial_epoch=initial_epoch,
+        jitter=config["jitter"],
     )
     checkpoint = EpochCheckpoint(os.path.join(output, CHECKPOINT_NAME))
     callbacks = [

@@ -2,6 +2,7 @@
 LFW identities aligned on the fly, then resumed for one more epoch."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -73,8 +74,11 @@ def test_tiny_run_on_lfw_identities_then_resume(lfw_dir, tmp_path):
     output = tmp_path / "run"
     common = ["--output", output, "--batch-size", 8]
     first = run("--data", data, "--landmarks", tmp_path / "landmarks.txt", "--epochs", 1,
-                "--weight-normalization", "projected", *TINY, *common)
+                "--weight-normalization", "projected", "--jitter", 0.05, *TINY, *common)
     assert first.exit_code == 0, first.output
+    assert json.load(open(output / "config.json"))["jitter"] == 0.05
+    conflict = run("--resume", "--epochs", 2, "--jitter", 0, *common)
+    assert conflict.exit_code == 2 and "--jitter 0.0 (the run has 0.05)" in conflict.output
     conflict = run("--resume", "--epochs", 2, "--backbone", "sphere20", *common)
     assert conflict.exit_code == 2 and "--backbone sphere20" in conflict.output
     conflict = run("--resume", "--epochs", 2, "--weight-normalization", "reparametrized", *common)

@@ -141,6 +141,31 @@ def test_interrupt_then_resume_equals_straight_run(straight_run, identity_folder
     assert resume(output, verbose=0).epochs_done == 2
 
 
+def test_jitter_is_recorded_reaches_the_data_and_resumes_exactly(straight_run, identity_folder, tmp_path):
+    straight = train(identity_folder, tmp_path / "straight", epochs=2, verbose=0, jitter=0.1, **TINY)
+    assert straight.epochs_done == 2
+    assert json.load(open(tmp_path / "straight" / "config.json"))["jitter"] == 0.1
+    _, jittered = checkpoint_weights(tmp_path / "straight")
+    _, flips_only = checkpoint_weights(straight_run[0])  # same seed, no jitter
+    assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(jittered, flips_only))
+
+    output = tmp_path / "interrupted"
+    train(identity_folder, output, epochs=2, verbose=0, jitter=0.1, callbacks=[InterruptAt(1)], **TINY)
+    assert resume(output, verbose=0).epochs_done == 2  # epoch 1's jitter again, not a new draw
+    _, resumed = checkpoint_weights(output)
+    for a, b in zip(resumed, jittered):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_written_before_jitter_resumes_without_it(straight_run, tmp_path):
+    from keras_sphereface.training.trainer import read_config
+
+    config = json.load(open(straight_run[0] / "config.json"))
+    del config["jitter"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert read_config(tmp_path)["jitter"] == 0.0
+
+
 class PoisonAt(keras.callbacks.Callback):
     """Make the model's weights NaN after the first batch of `epoch` (a diverged step)."""
 
@@ -206,7 +231,9 @@ def test_batch_larger_than_the_data(identity_folder, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "option, message", [({"backbone": "sphere21"}, "sphere20"), ({"mode": "nope"}, "nope")]
+    "option, message",
+    [({"backbone": "sphere21"}, "sphere20"), ({"mode": "nope"}, "nope"),
+     ({"jitter": 0.7}, r"0 <= jitter < 0.5. Received: jitter=0.7")],
 )
 def test_bad_model_options_fail_before_reading_the_data(tmp_path, option, message):
     with pytest.raises(UserInputError, match=message):
