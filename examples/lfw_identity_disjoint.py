@@ -13,7 +13,7 @@ package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_1
 Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4, the
 paper's step schedule after train's default warmup: 2 epochs for CosFace / ArcFace /
 CurricularFace, none for softmax and A-Softmax; the reparametrized head; horizontal flips,
-crops cached in memory); every run has its own run directory, so an interrupted sweep
+with `--jitter` also train's random similarity transforms; crops cached in memory); every run has its own run directory, so an interrupted sweep
 continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
@@ -102,6 +102,9 @@ DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resu
 RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size",
           "learning_rate", "mixed_precision", "max_train_images", "seed", "weight_normalization",
           "warmup_epochs")
+# settings added after the first recipes were recorded: part of a recipe's key only when they
+# differ from the value those recipes had, so their keys stay as they were
+LATER_RECIPE = {"jitter": 0.0}
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -147,6 +150,8 @@ def parse_args():
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="linear lr warmup (default: train's, 2 epochs for CosFace / ArcFace "
                              "/ CurricularFace, 0 for softmax and A-Softmax)")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="train's random scale/rotation/shift augmentation (0: flips only)")
     parser.add_argument("--results", default=None,
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
@@ -252,6 +257,7 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
         weight_normalization=args.weight_normalization if normalizes_weights else None,
         warmup_epochs=(default_warmup_epochs(mode, scale) if args.warmup_epochs is None
                        else args.warmup_epochs),
+        jitter=args.jitter,
     )
     started = time.time()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -311,14 +317,21 @@ class SweepResults:
                 ) from None
 
     @staticmethod
-    def recipe_key(settings):
-        return ", ".join(f"{name}={settings[name]}" for name in RECIPE)
+    def recipe_settings(settings):
+        """The settings that name a recipe: RECIPE, then LATER_RECIPE's where not the default."""
+        named = {name: settings[name] for name in RECIPE}
+        named.update({name: settings[name] for name, default in LATER_RECIPE.items()
+                      if settings.get(name, default) != default})
+        return named
+
+    def recipe_key(self, settings):
+        return ", ".join(f"{name}={value}" for name, value in self.recipe_settings(settings).items())
 
     def runs(self, settings):
         """{config: {fold (str): run}} of a recipe (created empty if new)."""
         recipe = self.data["recipes"].setdefault(
             self.recipe_key(settings),
-            {"settings": {name: settings[name] for name in RECIPE}, "runs": {}},
+            {"settings": self.recipe_settings(settings), "runs": {}},
         )
         return recipe["runs"]
 

@@ -74,6 +74,18 @@ def test_scores_accumulate_per_recipe_and_give_the_protocol_table(sweep, tmp_pat
     assert "1/10 (1) | – |" in row  # and no AUC of the protocol
 
 
+def test_a_setting_added_later_keys_a_recipe_only_when_set(sweep, tmp_path):
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    flips_only = results.recipe_key(dict(SETTINGS, jitter=0.0))
+    assert flips_only == results.recipe_key(SETTINGS)  # the key recorded before jitter existed
+    assert "jitter" not in flips_only
+    jittered = dict(SETTINGS, jitter=0.1)
+    assert results.recipe_key(jittered) == flips_only + ", jitter=0.1"
+    results.record(jittered, "a-softmax", 0, np.zeros(600), 1.0, "cpu")
+    assert results.runs(jittered)["a-softmax"] and not results.runs(SETTINGS)
+    assert results.data["recipes"][results.recipe_key(jittered)]["settings"]["jitter"] == 0.1
+
+
 def test_a_results_file_of_another_pair_list_is_refused(sweep, tmp_path):
     pairs, scores = _pairs(per_fold=20)
     results = sweep.SweepResults(str(tmp_path / "sweep.json"))
