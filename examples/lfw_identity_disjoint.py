@@ -10,11 +10,12 @@ over the folds. Mean-feature subtraction is off: the 10 models have 10 feature s
 
 The deep-funneled 250×250 frames are aligned once onto the 112×96 template with the
 package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_112x96).
-Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4, the
-paper's step schedule after train's default warmup: 2 epochs for CosFace / ArcFace /
-CurricularFace, none for softmax and A-Softmax; the reparametrized head; horizontal flips,
-with `--jitter` also train's random similarity transforms; crops cached in memory); every run has its own run directory, so an interrupted sweep
-continues where it stopped.
+Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4 or
+`--weight-decay`, the paper's step schedule after train's default warmup: 2 epochs for
+CosFace / ArcFace / CurricularFace, none for softmax and A-Softmax; the reparametrized head;
+horizontal flips, with `--jitter` also train's random similarity transforms; crops cached in
+memory); every run has its own run directory, so an interrupted sweep continues where it
+stopped.
 
     # the README table (GPU machine, Keras JAX backend):
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
@@ -104,7 +105,7 @@ RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size
           "warmup_epochs")
 # settings added after the first recipes were recorded: part of a recipe's key only when they
 # differ from the value those recipes had, so their keys stay as they were
-LATER_RECIPE = {"jitter": 0.0}
+LATER_RECIPE = {"jitter": 0.0, "weight_decay": 5e-4}
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -152,6 +153,8 @@ def parse_args():
                              "/ CurricularFace, 0 for softmax and A-Softmax)")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="train's random scale/rotation/shift augmentation (0: flips only)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="train's coupled (L2) weight decay of the SGD")
     parser.add_argument("--results", default=None,
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
@@ -257,7 +260,7 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
         weight_normalization=args.weight_normalization if normalizes_weights else None,
         warmup_epochs=(default_warmup_epochs(mode, scale) if args.warmup_epochs is None
                        else args.warmup_epochs),
-        jitter=args.jitter,
+        jitter=args.jitter, weight_decay=args.weight_decay,
     )
     started = time.time()
     if os.path.isfile(os.path.join(run_dir, "config.json")):

@@ -84,6 +84,10 @@ def test_a_setting_added_later_keys_a_recipe_only_when_set(sweep, tmp_path):
     results.record(jittered, "a-softmax", 0, np.zeros(600), 1.0, "cpu")
     assert results.runs(jittered)["a-softmax"] and not results.runs(SETTINGS)
     assert results.data["recipes"][results.recipe_key(jittered)]["settings"]["jitter"] == 0.1
+    assert results.recipe_key(dict(SETTINGS, weight_decay=5e-4)) == flips_only
+    assert results.recipe_key(dict(jittered, weight_decay=2e-3)) == (
+        flips_only + ", jitter=0.1, weight_decay=0.002"
+    )
 
 
 def test_a_results_file_of_another_pair_list_is_refused(sweep, tmp_path):
