@@ -10,6 +10,7 @@ import importlib
 
 from keras_sphereface.data.index import (
     ImageIndex,
+    check_jitter,
     check_labels,
     check_min_identities,
     epoch_order,

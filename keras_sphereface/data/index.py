@@ -285,6 +285,12 @@ def epoch_order(num_images, seed, epoch, shuffle=True, flip=True):
     return positions.astype(np.int64), flips
 
 
+def check_jitter(jitter):
+    """A UserInputError unless 0 <= `jitter` < 0.5 (the range of `jitter_matrices`)."""
+    if not (isinstance(jitter, (int, float)) and 0 <= jitter < 0.5):
+        raise UserInputError(f"Expected 0 <= jitter < 0.5. Received: jitter={jitter!r}")
+
+
 def jitter_matrices(num_images, seed, epoch, image_size, jitter):
     """Random similarities [N, 2, 3] of `epoch` (crop pixel → jittered crop pixel), per image.
 
@@ -293,8 +299,7 @@ def jitter_matrices(num_images, seed, epoch, image_size, jitter):
     identity). A pure function of (seed, epoch) like `epoch_order`, from a stream of its own,
     so the order and the flips do not depend on `jitter`. Row i belongs to image i.
     """
-    if not (isinstance(jitter, (int, float)) and 0 <= jitter < 0.5):
-        raise UserInputError(f"Expected 0 <= jitter < 0.5. Received: jitter={jitter!r}")
+    check_jitter(jitter)
     height, width = image_size
     u = np.random.default_rng([int(seed), int(epoch), 1]).uniform(-1.0, 1.0, (num_images, 4))
     scale, angle = 1.0 + jitter * u[:, 0], jitter * u[:, 1] * (np.pi / 2)

@@ -199,7 +199,7 @@ def make_dataset(
     image_size = tuple(int(v) for v in image_size)
     flip = training if flip is None else flip
     jitter = jitter if training else 0.0
-    index_lib.jitter_matrices(0, seed, 0, image_size, jitter)  # validates jitter
+    index_lib.check_jitter(jitter)
     if batch_size < 1 or (training and len(index) < batch_size):
         raise UserInputError(
             f"Expected 1 <= batch_size <= number of images ({len(index)}). Received: batch_size={batch_size}"
@@ -214,12 +214,16 @@ def make_dataset(
             points = index_lib.resolve_landmarks(index, landmarks)
             forward = index_lib.alignment_matrices(points, image_size, index.paths)
 
-        def sampling(positions, epoch):
-            """The crop → source maps the warp samples with: (jitter ∘ alignment)⁻¹."""
-            if jitter:
+        if jitter:
+            def sampling(positions, epoch):
+                """The crop → source maps the warp samples with: (jitter ∘ alignment)⁻¹."""
                 moved = index_lib.jitter_matrices(len(index), seed, epoch, image_size, jitter)
                 return index_lib.invert_affine(index_lib.compose_affine(moved[positions], forward[positions]))
-            return index_lib.invert_affine(forward[positions])
+        else:
+            inverse = index_lib.invert_affine(forward)  # the same every epoch: inverted once
+
+            def sampling(positions, epoch):
+                return inverse[positions]
 
     if cache:
         encoded = tf.Variable(_read_all(paths), trainable=False)

@@ -100,7 +100,7 @@ class FaceDataset(keras.utils.PyDataset):
         self.training = training
         self.flip = training if flip is None else flip
         self.jitter = jitter if training else 0.0
-        index_lib.jitter_matrices(0, seed, 0, self.image_size, self.jitter)  # validates jitter
+        index_lib.check_jitter(self.jitter)
         self.matrices = None  # per image, source → crop
         if landmarks is not None:
             points = index_lib.resolve_landmarks(index, landmarks)

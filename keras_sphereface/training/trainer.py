@@ -255,7 +255,7 @@ def train(
         warmup_epochs = default_warmup_epochs(mode, scale)
     if not (isinstance(warmup_epochs, (int, float)) and 0 <= warmup_epochs < float("inf")):
         raise UserInputError(f"Expected warmup_epochs >= 0. Received: {warmup_epochs!r}")
-    data_lib.jitter_matrices(0, seed, 0, image_size, jitter)  # validates jitter
+    data_lib.check_jitter(jitter)
     policy = mixed_precision_policy(mixed_precision)
     output = os.path.abspath(os.fspath(output))
     if os.path.isdir(output) and os.listdir(output):
@@ -392,13 +392,12 @@ def read_config(output):
                    if key not in config]
     except (OSError, ValueError, TypeError):
         config, missing = None, ["a JSON object"]
-    if not missing:
-        config.setdefault("jitter", 0.0)  # runs written before jitter existed had none
     if missing:
         raise UserInputError(
             f"Expected {path} to be the run's configuration written by train (a JSON object "
             f"with data, epochs, seed, ...). Received: a file without {', '.join(missing)}"
         )
+    config.setdefault("jitter", 0.0)  # runs written before jitter existed had none
     return config
 
 
