@@ -16,10 +16,10 @@ network and no ../shared (this project's lent GPU machine): pack here, run there
 
 `run` unpacks the pack into --work, starts from a copy of the repository's results file
 (so the runs recorded already are skipped), and runs examples/lfw_identity_disjoint.py on
-the Keras JAX backend with the README's GPU recipe (sphere20, 30 epochs, bfloat16), its
-results file, Markdown table and log in $OUT (they come back even when the call is cut
-short). `--minutes` is the sweep's --max-minutes: no run starts after it, so it must leave
-one run's time before the call's limit. `--jobs N` runs N sweeps side by side on the GPU,
+the Keras JAX backend with the README's GPU recipe (sphere20, 30 epochs, bfloat16, jitter
+0.05), its results file, Markdown table and log in $OUT (they come back even when the call
+is cut short). `--minutes` is the sweep's --max-minutes: no run starts after it, so it must
+leave one run's time before the call's limit. `--jobs N` runs N sweeps side by side on the GPU,
 the configs dealt out among them, recording into the one results file (locked): a small
 network at batch 256 leaves most of an H200 idle (how many jobs pay is not measured yet).
 Arguments after `--` go to the sweep and override the recipe (a CPU check of this flow:
@@ -50,9 +50,9 @@ from keras_sphereface.evaluation.lfw import LFW_PAIRS, resolve_lfw_dir  # noqa: 
 SWEEP = os.path.join(ROOT, "examples", "lfw_identity_disjoint.py")
 RESULTS = os.path.join(ROOT, "examples", "results", "lfw_identity_disjoint.json")
 ALIGNED = "aligned_112x96"
-# the README's GPU recipe
+# the README's GPU recipe (the jitter is the CPU recipe's best augmentation)
 GPU_RECIPE = ["--configs", "all", "--backbone", "sphere20", "--epochs", "30",
-              "--mixed-precision", "bfloat16"]
+              "--mixed-precision", "bfloat16", "--jitter", "0.05"]
 # what the GPU machine's image lacks to run Keras (its numpy, h5py, ml-dtypes, rich, absl-py,
 # opencv-python-headless and scikit-learn serve)
 WHEELS = ("keras", "namex", "optree")
