@@ -7,6 +7,7 @@ no evaluated person is ever seen in training. The 6,000 held-out cosine scores t
 through the standard protocol (`evaluation.protocol.scores_protocol`): the threshold of
 fold k is chosen on the other 9 folds' held-out scores, accuracy is reported as mean ± std
 over the folds. Mean-feature subtraction is off: the 10 models have 10 feature spaces.
+`--min-images-per-identity N` trains on only the identities with at least N images.
 
 The deep-funneled 250×250 frames are aligned once onto the 112×96 template with the
 package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_112x96).
@@ -105,7 +106,7 @@ RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size
           "warmup_epochs")
 # settings added after the first recipes were recorded: part of a recipe's key only when they
 # differ from the value those recipes had, so their keys stay as they were
-LATER_RECIPE = {"jitter": 0.0, "weight_decay": 5e-4}
+LATER_RECIPE = {"jitter": 0.0, "weight_decay": 5e-4, "min_images_per_identity": 1}
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -144,6 +145,9 @@ def parse_args():
     parser.add_argument("--mixed-precision", choices=["bfloat16", "float16"], default=None)
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="train on a seeded random subset of this many images (CPU checks)")
+    parser.add_argument("--min-images-per-identity", type=int, default=1,
+                        help="train only on the identities with at least this many images "
+                             "(LFW: 4,069 of its 5,749 people have one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weight-normalization", choices=["reparametrized", "projected"],
                         default="reparametrized",
@@ -182,6 +186,9 @@ def parse_args():
             parser.error(f"--shard {args.shard} leaves none of the {len(args.configs)} "
                          f"configs {','.join(args.configs)}")
         args.configs = args.configs[int(index)::int(count)]
+    if args.min_images_per_identity < 1:
+        parser.error(f"expected --min-images-per-identity >= 1; received "
+                     f"{args.min_images_per_identity}")
     args.folds = [int(fold) for fold in args.folds.split(",")]
     if args.results is None:
         args.results = (os.path.join(args.output, "results.json") if args.smoke
@@ -217,18 +224,20 @@ def align_lfw(output, images_dir, landmarks_path):
     return aligned_dir
 
 
-def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed):
+def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed, min_images=1):
     """Per fold k, a list file OUTPUT/train_fold{k}.txt of the crops of every identity absent
-    from fold k (paths relative to OUTPUT, labels 0..C-1)."""
+    from fold k that has at least `min_images` crops (paths relative to OUTPUT, labels 0..C-1)."""
     os.makedirs(output, exist_ok=True)
     prefix = os.path.relpath(aligned_dir, output)
     index = scan_identity_folder(aligned_dir)
     names = np.array(index.class_names)[index.labels]
+    counts = np.bincount(index.labels, minlength=len(index.class_names))
+    too_few = np.array(index.class_names)[counts < min_images]
     lists = {}
     for fold in folds:
         in_fold = {relpath.split("/")[0] for side in (pairs.left, pairs.right)
                    for relpath, f in zip(side, pairs.folds) if f == fold}
-        keep = np.flatnonzero(~np.isin(names, sorted(in_fold)))
+        keep = np.flatnonzero(~np.isin(names, sorted(in_fold | set(too_few))))
         if max_images is not None and max_images < len(keep):
             keep = np.sort(np.random.default_rng(seed).choice(keep, max_images, replace=False))
         identities = sorted(set(names[keep]))
@@ -526,7 +535,8 @@ def main():
                                                     args.landmarks or lfw_landmarks_path())
         lists = prepare_training_lists(args.output, aligned_dir, pairs,
                                        sorted({fold for _, fold in todo}),
-                                       args.max_train_images, args.seed)
+                                       args.max_train_images, args.seed,
+                                       args.min_images_per_identity)
         device = device_description()
     for position, (name, fold) in enumerate(todo):
         if args.max_minutes is not None and time.time() - started > 60 * args.max_minutes:

@@ -88,6 +88,10 @@ def test_a_setting_added_later_keys_a_recipe_only_when_set(sweep, tmp_path):
     assert results.recipe_key(dict(jittered, weight_decay=2e-3)) == (
         flips_only + ", jitter=0.1, weight_decay=0.002"
     )
+    assert results.recipe_key(dict(SETTINGS, min_images_per_identity=1)) == flips_only
+    assert results.recipe_key(dict(jittered, min_images_per_identity=2)) == (
+        flips_only + ", jitter=0.1, min_images_per_identity=2"
+    )
 
 
 def test_a_results_file_of_another_pair_list_is_refused(sweep, tmp_path):
@@ -179,6 +183,35 @@ def test_training_lists_read_crops_aligned_elsewhere(sweep, tmp_path):
     assert lines[0] == "# LFW crops of the 1 identities absent from fold 0"
     assert lines[1:] == [f"../pack/aligned_112x96/Cid_C/Cid_C_000{n}.jpg 0" for n in (1, 2, 3)]
     assert all((output / line.split()[0]).is_file() for line in lines[1:])
+
+
+def test_training_lists_can_leave_out_identities_with_few_images(sweep, tmp_path):
+    aligned = tmp_path / "aligned_112x96"
+    counts = {"Ann_A": 2, "Bob_B": 1, "Cid_C": 3, "Dee_D": 1, "Eve_E": 4}
+    for name, count in counts.items():
+        (aligned / name).mkdir(parents=True)
+        for number in range(1, count + 1):
+            (aligned / name / f"{name}_{number:04d}.jpg").write_bytes(b"\xff\xd8\xff")
+    pairs = types.SimpleNamespace(left=["Cid_C/Cid_C_0001.jpg"], right=["Dee_D/Dee_D_0001.jpg"],
+                                  folds=np.array([0]))
+    for min_images in (1, 2, 3):
+        lists = sweep.prepare_training_lists(str(tmp_path / f"min{min_images}"), str(aligned),
+                                             pairs, [0], None, 0, min_images)
+        rows = [line.split() for line in open(lists[0]).read().splitlines()[1:]]
+        expected = sorted(name for name, count in counts.items()
+                          if count >= min_images and name not in ("Cid_C", "Dee_D"))
+        kept = sorted({path.split("/")[-2] for path, _ in rows})
+        assert kept == expected
+        assert len(rows) == sum(counts[name] for name in expected)
+        labels = {path.split("/")[-2]: int(label) for path, label in rows}
+        assert sorted(labels.values()) == list(range(len(expected)))
+
+
+def test_min_images_per_identity_below_one_is_refused(sweep, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["lfw_identity_disjoint.py", "--min-images-per-identity", "0"])
+    with pytest.raises(SystemExit):
+        sweep.parse_args()
+    assert "expected --min-images-per-identity >= 1; received 0" in capsys.readouterr().err
 
 
 RECORDS_EACH = 25
