@@ -230,9 +230,9 @@ def prepare_training_lists(output, aligned_dir, pairs, folds, max_images, seed, 
     os.makedirs(output, exist_ok=True)
     prefix = os.path.relpath(aligned_dir, output)
     index = scan_identity_folder(aligned_dir)
-    names = np.array(index.class_names)[index.labels]
-    counts = np.bincount(index.labels, minlength=len(index.class_names))
-    too_few = np.array(index.class_names)[counts < min_images]
+    class_names = np.array(index.class_names)
+    names = class_names[index.labels]
+    too_few = class_names[np.bincount(index.labels, minlength=len(class_names)) < min_images]
     lists = {}
     for fold in folds:
         in_fold = {relpath.split("/")[0] for side in (pairs.left, pairs.right)
