@@ -37,7 +37,7 @@ stops it between runs to fit a time limit. Runs go fold by fold (every config on
 then fold 1, ...), so a sweep cut short still compares the configs on the same folds. The
 table (results.md beside the results file) comes from the scores alone: the protocol over
 every fold done (10 for the real figure), then each of COMPARISONS (the margin family, the
-A-Softmax ablation) on the folds all its configs scored.
+A-Softmax ablation, the additive margins' size) on the folds all its configs scored.
 Training runs live under OUTPUT (checkpoints, resumable); OUTPUT can be deleted once a
 run's scores are recorded. `--aligned-dir` reuses crops aligned earlier (the LFW folder then
 needs only pairs.txt), `--merge FILE` adds the runs another machine recorded in its copy of
@@ -88,13 +88,19 @@ CONFIGS = {
     "a-softmax-m1": ("sphereface", 1, None),
     "a-softmax-m2": ("sphereface", 2, None),
     "a-softmax-m3": ("sphereface", 3, None),
+    # smaller additive margins: under the jitter CosFace and ArcFace stay far from fitting
+    "cosface-m0.2": ("cosface", 0.2, 30.0),
+    "arcface-m0.3": ("arcface", 0.3, 30.0),
 }
 # the comparisons the table draws, each on the folds all its configs scored (issue 10: the
-# margin family against softmax, and the SphereFace paper's ablation over m)
+# margin family against softmax, the SphereFace paper's ablation over m, and CosFace's and
+# ArcFace's margins)
 COMPARISONS = {
     "The margin family": ("softmax", "a-softmax", "cosface", "arcface", "curricularface"),
     "The A-Softmax ablation": ("softmax", "a-softmax-m1", "a-softmax-m2", "a-softmax-m3",
                                "a-softmax"),
+    "The additive margins' size": ("softmax", "cosface-m0.2", "cosface", "arcface-m0.3",
+                                   "arcface"),
 }
 # the aligned crops: OUTPUT/ALIGNED/NAME/NAME_0001.jpg
 ALIGNED = "aligned_112x96"

@@ -251,7 +251,8 @@ def test_sweeps_sharing_a_results_file_lose_no_run(sweep, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--configs", "all"], ["softmax", "a-softmax", "cosface", "arcface", "curricularface",
-                            "a-softmax-m1", "a-softmax-m2", "a-softmax-m3"]),
+                            "a-softmax-m1", "a-softmax-m2", "a-softmax-m3", "cosface-m0.2",
+                            "arcface-m0.3"]),
     (["--configs", "all", "--shard", "1/3"], ["a-softmax", "curricularface", "a-softmax-m3"]),
     (["--configs", "softmax,cosface", "--shard", "0/2"], ["softmax"]),
 ])
