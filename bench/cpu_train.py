@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_sphereface.backbones import get_backbone  # noqa: E402
 from keras_sphereface.models import build_training_model  # noqa: E402
+from keras_sphereface.runtime import device_description  # noqa: E402
 from keras_sphereface.training import CoupledWeightDecaySGD  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main():
     print(
         f"{args.backbone} ×{args.width_multiplier} width, {args.embedding_dim}-d, {args.classes} "
         f"classes, batch {args.batch_size}, best of {args.rounds} rounds of {args.steps} steps; keras {keras.__version__}, "
-        f"tensorflow {tf.__version__}, {os.cpu_count()} CPU cores visible"
+        f"tensorflow {tf.__version__}, {device_description()}"
     )
     configurations = [(head, xla) for head in ("softmax", "margin") for xla in (False, True)]
     models = {config: compiled_model(args, *config) for config in configurations}

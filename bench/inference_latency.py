@@ -89,6 +89,7 @@ def main():
         load_saved_model_embedder,
     )
     from keras_sphereface.export.parity import embedding_parity
+    from keras_sphereface.runtime import device_description
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -101,7 +102,7 @@ def main():
     timed, calibration = images[: max(batch_sizes)], images[max(batch_sizes) :]
     print(f"{args.backbone} x{args.width_multiplier}: {model.count_params():,} parameters, "
           f"input {input_size[0]}x{input_size[1]}; {args.threads} threads, {source}; "
-          f"TF {tf.__version__}, Keras {keras.__version__}")
+          f"TF {tf.__version__}, Keras {keras.__version__}; {device_description()}")
 
     with tempfile.TemporaryDirectory(prefix="inference_latency_") as folder:
         paths, embedders, export_seconds = {}, {}, {}

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_sphereface.margins import MarginSoftmax  # noqa: E402
+from keras_sphereface.runtime import device_description  # noqa: E402
 
 MODES = ("softmax", "lsoftmax", "sphereface", "normface", "cosface", "arcface", "combined",
          "curricularface")
@@ -120,8 +121,7 @@ def main():
         args.classes, args.repeats, args.rounds = [1000], 3, 1
 
     rng = np.random.default_rng(0)
-    print(f"backend {keras.backend.backend()}, devices "
-          f"{[d.device_type for d in tf.config.list_logical_devices()]}, "
+    print(f"{device_description()}, "
           f"batch {args.batch}, dim {args.dim}, median of {args.rounds} rounds × "
           f"{args.repeats} pairs, "
           f"sample_rate {args.sample_rate}, XLA {args.jit_compile}, "

@@ -49,7 +49,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import time
 
@@ -75,6 +74,7 @@ from keras_sphereface.evaluation.protocol import (  # noqa: E402
     cosine_scores,
     scores_protocol,
 )
+from keras_sphereface.runtime import device_description  # noqa: E402
 from keras_sphereface.training import resume, train  # noqa: E402
 from keras_sphereface.training.trainer import default_warmup_epochs, read_config  # noqa: E402
 
@@ -200,51 +200,6 @@ def parse_args():
         args.results = (os.path.join(args.output, "results.json") if args.smoke
                         else DEFAULT_RESULTS)
     return args
-
-
-def device_description():
-    """Backend and accelerator, e.g. "jax on NVIDIA H100 80GB HBM3" or "tensorflow on CPU
-    (AMD EPYC, 2 cores, oneDNN)": on CPU the model and whether TensorFlow runs its oneDNN
-    kernels (on by itself only on some CPUs; TF_ENABLE_ONEDNN_OPTS=1 forces them), since one
-    recipe took ~20 s an epoch on one 2-core machine and ~60 s on another."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        kinds = sorted({device.device_kind for device in jax.devices()})
-        return f"jax on {', '.join(kinds)}"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            return f"tensorflow on {len(gpus)} GPU(s)"
-        return f"tensorflow on CPU ({cpu_model()}, {os.cpu_count()} cores{onednn_flag()})"
-    return backend
-
-
-def cpu_model(cpuinfo="/proc/cpuinfo"):
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's guess."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def onednn_flag():
-    """", oneDNN" where TensorFlow runs its oneDNN kernels (a private query; "" if it moves)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return ""
-    return ", oneDNN" if _pywrap_util_port.IsMklEnabled() else ""
 
 
 def align_lfw(output, images_dir, landmarks_path):
