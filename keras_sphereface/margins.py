@@ -173,15 +173,28 @@ def columns_at_norm(kernel, norm):
 
 def _column_norms(kernel):
     """max(‖kernel columns‖, ε), where no automatic differentiation needs to flow through
-    them (the projection, and forwards whose gradient is written by hand). On TensorFlow the
-    fused Euclidean-norm reduction reads the (D, C) kernel once, where square + sum make an
-    extra (D, C) pass; elsewhere `_l2_norm`, whose floor sits under the square root because
-    PyTorch differentiates the hand-written forwards with autograd."""
-    if keras.backend.backend() == "tensorflow":
+    them (the projection, and forwards whose gradient is written by hand). On TensorFlow
+    without XLA the fused Euclidean-norm reduction reads the (D, C) kernel once, where
+    square + sum make an extra (D, C) pass; XLA has no kernel for it (and fuses square + sum
+    itself), so there and on the other backends `_l2_norm`, whose floor sits under the
+    square root because PyTorch differentiates the hand-written forwards with autograd."""
+    if keras.backend.backend() == "tensorflow" and not _tensorflow_xla_context():
         import tensorflow as tf
 
         return ops.maximum(tf.math.reduce_euclidean_norm(kernel, axis=0), _NORM_EPSILON)
     return _l2_norm(kernel, 0)
+
+
+def _tensorflow_xla_context():
+    """Whether TensorFlow is tracing for XLA (jit_compile=True, Keras' "auto" on a GPU).
+    A private query; should it move, the answer is True, the form that runs everywhere."""
+    try:
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+    except (ImportError, AttributeError):
+        return True
 
 
 def expected_column_norm(initializer, shape):

@@ -1,6 +1,7 @@
-"""The training-throughput bench stays runnable: `bench/train_throughput.py --smoke` in a real
-process on the current backend (KERAS_BACKEND); no timing assertion, only that it trains and
-reports a rate and the FLOP count its MFU uses."""
+"""The training benches stay runnable: `bench/train_throughput.py --smoke` on the current
+backend (KERAS_BACKEND) and `bench/cpu_train.py --smoke` (TensorFlow, XLA on and off), each in
+a real process; no timing assertion, only that they train and report a rate (and the FLOP
+count the MFU uses)."""
 
 import os
 import pathlib
@@ -42,3 +43,19 @@ def test_train_throughput_smoke_reports_a_rate():
     assert img_per_s > 0
     assert gflop == pytest.approx(smoke_training_gflop_per_image(), abs=0.005)
     assert 0 < loss < 50  # finite: the step trained
+
+
+@pytest.mark.slow
+def test_cpu_train_smoke_reports_every_head_with_and_without_xla():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    done = subprocess.run(
+        [sys.executable, os.path.join("bench", "cpu_train.py"), "--smoke"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = re.findall(r"^(plain softmax \(Dense\)|MarginSoftmax \(A-Softmax\)) +(on|off) +([0-9.]+)",
+                      done.stdout, re.MULTILINE)
+    assert sorted((head, xla) for head, xla, _ in rows) == sorted(
+        (head, xla) for head in ("MarginSoftmax (A-Softmax)", "plain softmax (Dense)")
+        for xla in ("off", "on")), done.stdout
+    assert all(float(speed) > 0 for _, _, speed in rows)

@@ -370,6 +370,30 @@ def test_tiny_fit_loss_falls(mode):
     assert int(head.iterations.numpy()) == 4 * 8  # once per step
 
 
+@pytest.mark.parametrize("mode, weight_normalization", MODES_AND_WEIGHT_NORMALIZATIONS)
+def test_xla_compiled_fit_takes_the_same_steps(mode, weight_normalization):
+    """jit_compile=True is Keras' "auto" on a TensorFlow GPU: every op must have an XLA
+    kernel there, and the compiled steps must be the uncompiled ones."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("jit_compile on PyTorch is torch.compile, not XLA")
+    x, y = clustered_features(4, 64)
+    runs = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        head = MarginSoftmax(4, mode=mode, weight_normalization=weight_normalization, seed=0)
+        model = model_with_head(head)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+        losses = model.fit([x, y], y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        runs.append((losses.history["loss"], keras.ops.convert_to_numpy(head.kernel)))
+    (eager_losses, eager_kernel), (xla_losses, xla_kernel) = runs
+    np.testing.assert_allclose(xla_losses, eager_losses, rtol=1e-4)
+    np.testing.assert_allclose(xla_kernel, eager_kernel, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("initializer", ["glorot_uniform", "random_normal"])
 def test_projected_kernel_keeps_the_initializers_norm_through_fit_and_loading(
     initializer, tmp_path
