@@ -27,18 +27,24 @@ def smoke_training_gflop_per_image():
     return 3 * forward / 1e9
 
 
+def run_smoke(script, timeout, **env):
+    """`bench/SCRIPT --smoke` in a fresh interpreter; its stdout, once it exits 0."""
+    done = subprocess.run(
+        [sys.executable, os.path.join("bench", script), "--smoke"], cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env), capture_output=True, text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.multi_backend
 def test_train_throughput_smoke_reports_a_rate():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, os.path.join("bench", "train_throughput.py"), "--smoke"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout = run_smoke("train_throughput.py", timeout=300)
     match = re.search(r"^ours: ([0-9.]+) img/s .*\(([0-9.]+) GFLOP/img\), final loss ([0-9.]+)",
-                      done.stdout, re.MULTILINE)
-    assert match, done.stdout
+                      stdout, re.MULTILINE)
+    assert match, stdout
     img_per_s, gflop, loss = (float(value) for value in match.groups())
     assert img_per_s > 0
     assert gflop == pytest.approx(smoke_training_gflop_per_image(), abs=0.005)
@@ -47,15 +53,10 @@ def test_train_throughput_smoke_reports_a_rate():
 
 @pytest.mark.slow
 def test_cpu_train_smoke_reports_every_head_with_and_without_xla():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    done = subprocess.run(
-        [sys.executable, os.path.join("bench", "cpu_train.py"), "--smoke"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = re.findall(r"^(plain softmax \(Dense\)|MarginSoftmax \(A-Softmax\)) +(on|off) +([0-9.]+)",
-                      done.stdout, re.MULTILINE)
+    stdout = run_smoke("cpu_train.py", timeout=600, KERAS_BACKEND="tensorflow")
+    heads = ("plain softmax (Dense)", "MarginSoftmax (A-Softmax)")
+    rows = re.findall(r"^(plain softmax \(Dense\)|MarginSoftmax \(A-Softmax\)) +(on|off) +"
+                      r"([0-9.]+)", stdout, re.MULTILINE)
     assert sorted((head, xla) for head, xla, _ in rows) == sorted(
-        (head, xla) for head in ("MarginSoftmax (A-Softmax)", "plain softmax (Dense)")
-        for xla in ("off", "on")), done.stdout
+        (head, xla) for head in heads for xla in ("off", "on")), stdout
     assert all(float(speed) > 0 for _, _, speed in rows)
