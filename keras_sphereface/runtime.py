@@ -1,9 +1,10 @@
 """What a timing ran on: the Keras backend, the accelerator, or the CPU model and its kernels.
 
 Timings from different machines only compare when this is recorded with them: the same LFW
-recipe took ~20 s an epoch on one 2-core machine and ~60 s on another, and on CPUs without
-AVX-512 TensorFlow leaves its oneDNN kernels off unless TF_ENABLE_ONEDNN_OPTS=1 (a sphere10
-training step ~1.2× slower without them).
+recipe took ~20 s an epoch on one 2-core machine and ~60 s on another. TensorFlow turns its
+oneDNN kernels on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX (its 2.9 release
+notes); elsewhere TF_ENABLE_ONEDNN_OPTS=1 forces them, and a sphere10 training step on a 2-core
+AMD EPYC took ~1.2× longer without them.
 """
 
 import os
