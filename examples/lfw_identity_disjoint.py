@@ -14,9 +14,9 @@ package's shipped LFW landmarks (`alignment.align_folder`, into OUTPUT/aligned_1
 Training is `keras_sphereface.training.train` (SGD momentum 0.9, weight decay 5e-4 or
 `--weight-decay`, the paper's step schedule after train's default warmup: 2 epochs for
 CosFace / ArcFace / CurricularFace, none for softmax and A-Softmax; the reparametrized head;
-horizontal flips, with `--jitter` also train's random similarity transforms; crops cached in
-memory); every run has its own run directory, so an interrupted sweep continues where it
-stopped.
+horizontal flips, with `--jitter` also train's random similarity transforms; `--batch-norm`
+the backbone's batch-norm variant; crops cached in memory); every run has its own run
+directory, so an interrupted sweep continues where it stopped.
 
     # the README table (GPU machine, Keras JAX backend):
     KERAS_BACKEND=jax python examples/lfw_identity_disjoint.py --output runs/lfw_disjoint \\
@@ -112,7 +112,8 @@ RECIPE = ("backbone", "width_multiplier", "embedding_dim", "epochs", "batch_size
           "warmup_epochs")
 # settings added after the first recipes were recorded: part of a recipe's key only when they
 # differ from the value those recipes had, so their keys stay as they were
-LATER_RECIPE = {"jitter": 0.0, "weight_decay": 5e-4, "min_images_per_identity": 1}
+LATER_RECIPE = {"jitter": 0.0, "weight_decay": 5e-4, "min_images_per_identity": 1,
+                "batch_norm": False}
 SMOKE = {
     "configs": "softmax",
     "folds": "0",
@@ -165,6 +166,9 @@ def parse_args():
                         help="train's random scale/rotation/shift augmentation (0: flips only)")
     parser.add_argument("--weight-decay", type=float, default=5e-4,
                         help="train's coupled (L2) weight decay of the SGD")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="the backbone's batch-norm variant (OpenSphere's SFNet: batch norm "
+                             "after every convolution and after fc5)")
     parser.add_argument("--results", default=None,
                         help="results file the scores accumulate in (default: "
                              "examples/results/lfw_identity_disjoint.json; OUTPUT/results.json "
@@ -257,7 +261,7 @@ def run_fold(args, name, fold, list_path, aligned_dir, pairs):
         weight_normalization=args.weight_normalization if normalizes_weights else None,
         warmup_epochs=(default_warmup_epochs(mode, scale) if args.warmup_epochs is None
                        else args.warmup_epochs),
-        jitter=args.jitter, weight_decay=args.weight_decay,
+        jitter=args.jitter, weight_decay=args.weight_decay, batch_norm=args.batch_norm,
     )
     started = time.time()
     if os.path.isfile(os.path.join(run_dir, "config.json")):
@@ -288,10 +292,11 @@ def check_run_recipe(run_dir, options):
     scores would be recorded under the wrong recipe)."""
     config = read_config(run_dir)
     for key, value in options.items():
-        if config.get(key) != value:
+        stored = config.get(key, LATER_RECIPE.get(key))  # runs older than a setting: its default
+        if stored != value:
             raise UserInputError(
                 f"Expected the run in {run_dir} to have {key}={value!r}, as this sweep's "
-                f"recipe. Received: {key}={config.get(key)!r} in its config.json (use another "
+                f"recipe. Received: {key}={stored!r} in its config.json (use another "
                 "--output for this recipe)."
             )
 

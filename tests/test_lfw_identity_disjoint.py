@@ -92,6 +92,10 @@ def test_a_setting_added_later_keys_a_recipe_only_when_set(sweep, tmp_path):
     assert results.recipe_key(dict(jittered, min_images_per_identity=2)) == (
         flips_only + ", jitter=0.1, min_images_per_identity=2"
     )
+    assert results.recipe_key(dict(SETTINGS, batch_norm=False)) == flips_only
+    assert results.recipe_key(dict(jittered, batch_norm=True)) == (
+        flips_only + ", jitter=0.1, batch_norm=True"
+    )
 
 
 def test_a_results_file_of_another_pair_list_is_refused(sweep, tmp_path):
@@ -128,6 +132,11 @@ def test_a_run_dir_of_another_recipe_is_not_resumed(sweep, tmp_path):
     with pytest.raises(UserInputError, match="weight_normalization='reparametrized'.*Received: "
                                              "weight_normalization='projected'"):
         sweep.check_run_recipe(str(tmp_path), options)
+    # a run dir older than a setting (its config.json lacks it) had that setting's default
+    path.write_text(json.dumps(config))
+    sweep.check_run_recipe(str(tmp_path), dict(options, batch_norm=False))
+    with pytest.raises(UserInputError, match="batch_norm=True.*Received: batch_norm=False"):
+        sweep.check_run_recipe(str(tmp_path), dict(options, batch_norm=True))
 
 
 def test_merge_adds_only_the_runs_this_file_lacks(sweep, tmp_path):

@@ -6,7 +6,7 @@ import click
 _STORED = (
     "data", "backbone", "mode", "margin", "scale", "weight_normalization", "batch_size",
     "learning_rate", "warmup_epochs", "jitter",
-    "weight_decay", "width_multiplier", "embedding_dim", "image_size", "landmarks",
+    "weight_decay", "width_multiplier", "embedding_dim", "batch_norm", "image_size", "landmarks",
     "mixed_precision", "jit_compile", "skip_bad", "cache", "seed",
 )  # fmt: skip
 
@@ -70,6 +70,9 @@ def _conflicts(ctx, config):
 @click.option("--width-multiplier", default=1.0, show_default=True, type=float,
               help="Scale the channel widths (small models for CPUs and tests).")
 @click.option("--embedding-dim", default=512, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-norm", is_flag=True,
+              help="The backbone's batch-norm variant (OpenSphere's SFNet): batch norm after "
+                   "every convolution and after fc5; default: none, as in the paper.")
 @click.option("--image-size", default="112x96", show_default=True, help="112x96 or 112x112.")
 @click.option("--landmarks", type=click.Path(dir_okay=False),
               help="Landmarks file: align the images on the fly (default: --data holds aligned crops).")

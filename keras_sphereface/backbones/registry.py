@@ -13,7 +13,7 @@ def list_backbones():
 
 def get_backbone(name, **kwargs):
     """Build the backbone called `name`; `kwargs` go to its builder (input_shape, embedding_dim,
-    width_multiplier, dtype, name)."""
+    width_multiplier, batch_norm, dtype, name)."""
     if name not in _BACKBONES:
         raise UserInputError(
             f"Expected a backbone name, one of {list_backbones()}. Received: {name!r}"

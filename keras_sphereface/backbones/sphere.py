@@ -5,7 +5,10 @@ Input: an aligned face, RGB, pixel values 0..255 (uint8 or float) of `input_shap
 exported model takes raw aligned pixels. Four stages of 64, 128, 256, 512 channels; each
 starts with a 3×3 stride-2 convolution (zero padding 1, as in Caffe/PyTorch) + PReLU and
 continues with `n` residual units x + PReLU(conv(PReLU(conv(x)))) at stride 1. Then
-flatten (7×6×512 at 112×96) and the fully connected "fc5" to the embedding. No batch norm.
+flatten (7×6×512 at 112×96) and the fully connected "fc5" to the embedding. No batch norm,
+as in the paper; `batch_norm=True` gives the variant of OpenSphere's SFNet (Wen et al.,
+SphereFace Revived 2022): every convolution without bias and followed by batch norm before its
+PReLU, and fc5 followed by a batch norm of the embedding ("fc5_bn").
 
 Choices, all documented here:
 
@@ -57,17 +60,21 @@ def _prelu(name, dtype):
     )
 
 
-def _conv3x3(filters, strides, kernel_initializer, name, dtype):
-    return keras.layers.Conv2D(
+def _conv3x3(x, filters, strides, kernel_initializer, name, prelu_name, batch_norm, dtype):
+    """conv3x3 `name` (+ batch norm `name`_bn) + PReLU `prelu_name`."""
+    x = keras.layers.Conv2D(
         filters,
         3,
         strides=strides,
         padding="valid" if strides == 2 else "same",
         kernel_initializer=kernel_initializer,
-        bias_initializer="zeros",
+        use_bias=not batch_norm,
         dtype=dtype,
         name=name,
-    )
+    )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(dtype=dtype, name=f"{name}_bn")(x)
+    return _prelu(prelu_name, dtype)(x)
 
 
 def scaled_widths(width_multiplier):
@@ -82,14 +89,18 @@ def sphere_net(
     input_shape=(112, 96, 3),
     embedding_dim=512,
     width_multiplier=1.0,
+    batch_norm=False,
     dtype=None,
     name="sphere_net",
 ):
     """Sphere network with `units_per_stage` residual units in each of the four stages.
 
     Returns a functional `keras.Model` mapping RGB pixels 0..255, shape (batch, *input_shape),
-    to an un-normalized float32 embedding (batch, embedding_dim).
+    to an un-normalized float32 embedding (batch, embedding_dim). `batch_norm`: the SFNet
+    variant with batch norm after every convolution and after fc5 (see the module docstring).
     """
+    if not isinstance(batch_norm, bool):
+        raise ValueError(f"Expected batch_norm True or False. Received: {batch_norm!r}")
     input_shape = tuple(int(v) for v in input_shape)
     if input_shape not in SUPPORTED_INPUT_SHAPES:
         raise ValueError(
@@ -111,22 +122,35 @@ def sphere_net(
     ):
         prefix = f"stage{stage}"
         x = keras.layers.ZeroPadding2D(1, dtype=dtype, name=f"{prefix}_pad")(x)
-        x = _conv3x3(width, 2, _caffe_xavier(), f"{prefix}_conv", dtype)(x)
-        x = _prelu(f"{prefix}_prelu", dtype)(x)
+        x = _conv3x3(
+            x, width, 2, _caffe_xavier(), f"{prefix}_conv", f"{prefix}_prelu", batch_norm, dtype
+        )
         for unit in range(1, units + 1):
             block = f"{prefix}_unit{unit}"
             y = x
             for conv in (1, 2):
                 y = _conv3x3(
-                    width, 1, keras.initializers.RandomNormal(stddev=0.01), f"{block}_conv{conv}", dtype
-                )(y)
-                y = _prelu(f"{block}_prelu{conv}", dtype)(y)
+                    y,
+                    width,
+                    1,
+                    keras.initializers.RandomNormal(stddev=0.01),
+                    f"{block}_conv{conv}",
+                    f"{block}_prelu{conv}",
+                    batch_norm,
+                    dtype,
+                )
             x = keras.layers.Add(dtype=dtype, name=f"{block}_add")([x, y])
         x = keras.layers.Identity(dtype=dtype, name=prefix)(x)
     x = keras.layers.Flatten(dtype=dtype, name="features")(x)
     x = keras.layers.Dense(
-        embedding_dim, kernel_initializer=_caffe_xavier(), dtype=dtype, name="fc5"
+        embedding_dim,
+        kernel_initializer=_caffe_xavier(),
+        use_bias=not batch_norm,
+        dtype=dtype,
+        name="fc5",
     )(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(dtype=dtype, name="fc5_bn")(x)
     embedding = keras.layers.Activation("linear", dtype="float32", name="embedding")(x)
     return keras.Model(images, embedding, name=name)
 
@@ -135,13 +159,19 @@ def _variant(variant):
     units = UNITS_PER_STAGE[variant]
 
     def build(
-        input_shape=(112, 96, 3), embedding_dim=512, width_multiplier=1.0, dtype=None, name=variant
+        input_shape=(112, 96, 3),
+        embedding_dim=512,
+        width_multiplier=1.0,
+        batch_norm=False,
+        dtype=None,
+        name=variant,
     ):
         return sphere_net(
             units,
             input_shape=input_shape,
             embedding_dim=embedding_dim,
             width_multiplier=width_multiplier,
+            batch_norm=batch_norm,
             dtype=dtype,
             name=name,
         )

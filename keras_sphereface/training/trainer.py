@@ -200,6 +200,7 @@ def train(
     weight_decay=5e-4,
     width_multiplier=1.0,
     embedding_dim=512,
+    batch_norm=False,
     image_size=(112, 96),
     landmarks=None,
     mixed_precision=None,
@@ -218,7 +219,8 @@ def train(
     Args:
         data: identity folder (ROOT/NAME/*.jpg) or list file (`relative/path label`).
         output: run directory; must not hold a previous run (continue one with `resume`).
-        backbone, width_multiplier, embedding_dim: the Sphere-N backbone (`get_backbone`).
+        backbone, width_multiplier, embedding_dim, batch_norm: the Sphere-N backbone
+            (`get_backbone`); `batch_norm` the SFNet variant with batch norm.
         mode, margin, scale: the MarginSoftmax head (A-Softmax m=4 by default).
         weight_normalization: the head's unit class centres, "reparametrized" (None: the
             layer's default) or "projected" (normalized modes only; see `MarginSoftmax`).
@@ -273,6 +275,7 @@ def train(
         input_shape=(*image_size, 3),
         embedding_dim=embedding_dim,
         width_multiplier=width_multiplier,
+        batch_norm=batch_norm,
         dtype=policy,
     )
     MarginSoftmax(  # validates the head's arguments before any data is read
@@ -300,6 +303,7 @@ def train(
         "weight_decay": weight_decay,
         "width_multiplier": width_multiplier,
         "embedding_dim": embedding_dim,
+        "batch_norm": batch_norm,
         "image_size": list(image_size),
         "landmarks": os.path.abspath(landmarks) if landmarks else None,
         "mixed_precision": mixed_precision,

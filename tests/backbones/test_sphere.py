@@ -17,17 +17,22 @@ UNITS = {
 }
 
 
-def expected_parameters(units, widths=(64, 128, 256, 512), input_hw=(112, 96), embedding_dim=512):
+def expected_parameters(
+    units, widths=(64, 128, 256, 512), input_hw=(112, 96), embedding_dim=512, batch_norm=False
+):
     """SphereFace Table 2 counted by hand: per stage a 3×3 stride-2 conv (+bias) and a per-channel
-    PReLU, each residual unit two 3×3 convs (+bias) and two PReLUs; fc5 (+bias) on the flattened map."""
+    PReLU, each residual unit two 3×3 convs (+bias) and two PReLUs; fc5 (+bias) on the flattened map.
+    `batch_norm`: no biases, and per conv and after fc5 a batch norm of 4 values a channel
+    (γ, β, moving mean and variance)."""
+    per_channel = 4 if batch_norm else 1  # the bias, or the batch norm's four
     total, channels_in = 0, 3
     height, width = input_hw
     for channels, n in zip(widths, units):
-        total += 9 * channels_in * channels + channels + channels
-        total += n * 2 * (9 * channels * channels + channels + channels)
+        total += 9 * channels_in * channels + per_channel * channels + channels
+        total += n * 2 * (9 * channels * channels + per_channel * channels + channels)
         height, width = (height + 2 - 3) // 2 + 1, (width + 2 - 3) // 2 + 1
         channels_in = channels
-    return total + height * width * channels_in * embedding_dim + embedding_dim
+    return total + height * width * channels_in * embedding_dim + per_channel * embedding_dim
 
 
 def test_formula_matches_the_paper_figures():
@@ -53,6 +58,49 @@ def test_small_variant_parameter_count(name, input_shape):
     widths = (8, 16, 32, 64)
     assert model.count_params() == expected_parameters(
         UNITS[name], widths, input_shape[:2], embedding_dim=32
+    )
+
+
+@pytest.mark.parametrize("name", list(UNITS))
+def test_batch_norm_variant_parameter_count(name):
+    model = get_backbone(name, width_multiplier=0.125, embedding_dim=32, batch_norm=True)
+    assert model.count_params() == expected_parameters(
+        UNITS[name], (8, 16, 32, 64), embedding_dim=32, batch_norm=True
+    )
+
+
+@pytest.mark.multi_backend
+def test_batch_norm_variant_layers_and_inference_formula():
+    """Every conv and fc5 lose their bias and feed a batch norm (before the PReLU); in inference
+    the embedding is γ (fc5(x) − μ) / sqrt(σ² + ε) + β with the moving statistics."""
+    model = get_backbone("sphere10", width_multiplier=0.125, embedding_dim=16, batch_norm=True)
+    names = [layer.name for layer in model.layers]
+    weighted = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
+    assert len(weighted) == 4 + 2 * 3 + 1
+    for layer in weighted:
+        assert not layer.use_bias
+        following = model.layers[names.index(layer.name) + 1]
+        assert isinstance(following, keras.layers.BatchNormalization)
+        assert following.name == f"{layer.name}_bn"
+        if isinstance(layer, keras.layers.Conv2D):
+            assert isinstance(model.layers[names.index(layer.name) + 2], keras.layers.PReLU)
+    norm = model.get_layer("fc5_bn")
+    rng = np.random.default_rng(0)
+    gamma, beta, mean = (rng.normal(size=16) for _ in range(3))
+    variance = rng.uniform(0.5, 2.0, 16)
+    norm.set_weights([gamma, beta, mean, variance])
+    pixels = rng.integers(0, 256, (2, 112, 96, 3)).astype("uint8")
+    features = keras.Model(model.input, model.get_layer("features").output)(pixels)
+    fc5 = keras.ops.convert_to_numpy(features) @ keras.ops.convert_to_numpy(
+        model.get_layer("fc5").kernel
+    )
+    expected = gamma * (fc5 - mean) / np.sqrt(variance + norm.epsilon) + beta
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(pixels, training=False)), expected, rtol=1e-4, atol=1e-4
     )
 
 
@@ -114,9 +162,19 @@ def test_stride_two_convs_pad_one_on_each_side():
 
 
 @pytest.mark.multi_backend
-def test_keras_round_trip(tmp_path):
-    model = get_backbone("sphere10", width_multiplier=0.125, embedding_dim=16, input_shape=(112, 112, 3))
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_keras_round_trip(tmp_path, batch_norm):
+    model = get_backbone(
+        "sphere10",
+        width_multiplier=0.125,
+        embedding_dim=16,
+        input_shape=(112, 112, 3),
+        batch_norm=batch_norm,
+    )
     pixels = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3)).astype("uint8")
+    if batch_norm:  # moving statistics away from their initial values, to be saved too
+        for _ in range(3):
+            model(pixels, training=True)
     path = tmp_path / "backbone.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -144,6 +202,7 @@ def test_unknown_name_lists_the_known_ones():
         ({"input_shape": (96, 96, 3)}, "input_shape"),
         ({"width_multiplier": 0}, "width_multiplier"),
         ({"embedding_dim": 0}, "embedding_dim"),
+        ({"batch_norm": "yes"}, "batch_norm"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -204,3 +204,14 @@ def test_training_model_exports_its_backbone_only(backbone, tmp_path, parity_fac
         if f.startswith("variables.data")
     )
     assert weight_bytes <= stored < weight_bytes + head_bytes / 2
+
+
+def test_batch_norm_backbone_serves_its_moving_statistics(tmp_path, parity_faces):
+    model = build_tiny_backbone(seed=3, batch_norm=True)
+    version_dir = export_saved_model(model, tmp_path / "batch_norm")
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+    out = signature(images=tf.constant(parity_faces))["embeddings"].numpy()
+    faces = parity_faces.astype(np.float32)
+    inference = unit_rows(model(faces, training=False))
+    assert np.max(np.abs(out - inference)) <= 1e-5
+    assert np.max(np.abs(unit_rows(model(faces, training=True)) - inference)) > 1e-2

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from export_test_utils import EMBEDDING_DIM
+from export_test_utils import EMBEDDING_DIM, build_tiny_backbone
 
 from keras_sphereface.errors import UserInputError
 from keras_sphereface.export import LiteRTEmbedder, export_tflite
@@ -103,3 +103,10 @@ def test_mixed_precision_backbone_converts_in_float32(tmp_path, parity_faces):
     reference = model.predict(parity_faces.astype(np.float32), verbose=0)
     # bfloat16 keeps 8 significant bits: the float32 TFLite model is at least that close
     assert cosines(reference, LiteRTEmbedder(path)(parity_faces)).min() >= 0.9995
+
+
+def test_batch_norm_backbone_converts_with_its_moving_statistics(tmp_path, parity_faces):
+    model = build_tiny_backbone(seed=3, batch_norm=True)
+    path = export_tflite(model, tmp_path / "batch_norm.tflite")
+    reference = model(parity_faces.astype(np.float32), training=False)
+    assert cosines(reference, LiteRTEmbedder(path)(parity_faces)).min() >= MIN_COSINE["none"]

@@ -74,9 +74,11 @@ def test_tiny_run_on_lfw_identities_then_resume(lfw_dir, tmp_path):
     output = tmp_path / "run"
     common = ["--output", output, "--batch-size", 8]
     first = run("--data", data, "--landmarks", tmp_path / "landmarks.txt", "--epochs", 1,
-                "--weight-normalization", "projected", "--jitter", 0.05, *TINY, *common)
+                "--weight-normalization", "projected", "--jitter", 0.05, "--batch-norm", *TINY,
+                *common)
     assert first.exit_code == 0, first.output
-    assert json.load(open(output / "config.json"))["jitter"] == 0.05
+    config = json.load(open(output / "config.json"))
+    assert config["jitter"] == 0.05 and config["batch_norm"] is True
     conflict = run("--resume", "--epochs", 2, "--jitter", 0, *common)
     assert conflict.exit_code == 2 and "--jitter 0.0 (the run has 0.05)" in conflict.output
     conflict = run("--resume", "--epochs", 2, "--backbone", "sphere20", *common)
@@ -92,7 +94,16 @@ def test_tiny_run_on_lfw_identities_then_resume(lfw_dir, tmp_path):
     import keras
     import numpy as np
 
-    head = keras.saving.load_model(output / "checkpoint.keras").get_layer("margin_softmax")
+    trained = keras.saving.load_model(output / "checkpoint.keras")
+    # --batch-norm: the backbone's batch norms were trained in training mode (moving
+    # statistics moved off their initial 0 and 1)
+    norms = [layer for layer in trained.get_layer("sphere4").layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 5  # 4 stage convs of sphere4 and fc5
+    for layer in norms:
+        assert np.abs(keras.ops.convert_to_numpy(layer.moving_mean)).max() > 0
+        assert np.abs(keras.ops.convert_to_numpy(layer.moving_variance) - 1).max() > 0
+    head = trained.get_layer("margin_softmax")
     assert head.weight_normalization == "projected"
     kernel = keras.ops.convert_to_numpy(head.kernel)
     assert head.centre_norm == pytest.approx(np.sqrt(2 * 8 / (8 + 4)))
