@@ -292,11 +292,10 @@ def check_run_recipe(run_dir, options):
     scores would be recorded under the wrong recipe)."""
     config = read_config(run_dir)
     for key, value in options.items():
-        stored = config.get(key, LATER_RECIPE.get(key))  # runs older than a setting: its default
-        if stored != value:
+        if config.get(key) != value:
             raise UserInputError(
                 f"Expected the run in {run_dir} to have {key}={value!r}, as this sweep's "
-                f"recipe. Received: {key}={stored!r} in its config.json (use another "
+                f"recipe. Received: {key}={config.get(key)!r} in its config.json (use another "
                 "--output for this recipe)."
             )
 

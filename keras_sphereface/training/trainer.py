@@ -401,7 +401,8 @@ def read_config(output):
             f"Expected {path} to be the run's configuration written by train (a JSON object "
             f"with data, epochs, seed, ...). Received: a file without {', '.join(missing)}"
         )
-    config.setdefault("jitter", 0.0)  # runs written before jitter existed had none
+    for key, default in (("jitter", 0.0), ("batch_norm", False)):
+        config.setdefault(key, default)  # runs written before the setting existed had this
     return config
 
 
