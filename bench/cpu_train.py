@@ -1,10 +1,11 @@
 """sphere20 training throughput on CPU (TensorFlow backend): images/s of a full training step
 (forward, loss, backward, SGD update) with and without XLA, MarginSoftmax (A-Softmax) head vs
 a plain softmax (Dense) head; ratios against the plain-softmax, no-XLA baseline of the same run.
-The four configurations are timed in interleaved rounds; each reports its fastest round.
+With --batch-norm, the margin head also on the batch-norm backbone (`batch_norm=True`). The
+configurations are timed in interleaved rounds; each reports its fastest round.
 
     nice -n 10 python bench/cpu_train.py              # sphere20, 10,575 classes (CASIA-WebFace)
-    python bench/cpu_train.py --smoke                 # a tiny model, seconds
+    python bench/cpu_train.py --smoke                 # a tiny model, seconds, batch norm included
 
 Synthetic uint8 batches held in memory: this measures the model, not the input pipeline
 (bench/input_pipeline.py does that).
@@ -29,9 +30,10 @@ from keras_sphereface.runtime import device_description  # noqa: E402
 from keras_sphereface.training import CoupledWeightDecaySGD  # noqa: E402
 
 
-def training_model(args, head):
+def training_model(args, head, batch_norm):
     backbone = get_backbone(
-        args.backbone, width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim
+        args.backbone, width_multiplier=args.width_multiplier, embedding_dim=args.embedding_dim,
+        batch_norm=batch_norm,
     )
     if head == "margin":
         return build_training_model(backbone, args.classes, mode="sphereface")
@@ -41,10 +43,10 @@ def training_model(args, head):
     return keras.Model({"images": images, "labels": labels}, logits)
 
 
-def compiled_model(args, head, xla):
+def compiled_model(args, head, xla, batch_norm):
     """A compiled training model and its endless one-batch data set, already traced/compiled."""
     keras.utils.set_random_seed(0)
-    model = training_model(args, head)
+    model = training_model(args, head, batch_norm)
     model.compile(
         optimizer=CoupledWeightDecaySGD(0.01, momentum=0.9, coupled_weight_decay=5e-4),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -74,19 +76,25 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (tracing, XLA compile)")
+    parser.add_argument("--batch-norm", action="store_true",
+                        help="also time the margin head on the batch-norm backbone")
     parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps")
     args = parser.parse_args()
     if args.smoke:
         args.backbone, args.width_multiplier, args.embedding_dim = "sphere4", 0.125, 32
         args.classes, args.batch_size, args.steps, args.warmup, args.rounds = 100, 8, 3, 1, 2
+        args.batch_norm = True
 
     print(
         f"{args.backbone} ×{args.width_multiplier} width, {args.embedding_dim}-d, {args.classes} "
         f"classes, batch {args.batch_size}, best of {args.rounds} rounds of {args.steps} steps; keras {keras.__version__}, "
         f"tensorflow {tf.__version__}, {device_description()}"
     )
-    configurations = [(head, xla) for head in ("softmax", "margin") for xla in (False, True)]
-    models = {config: compiled_model(args, *config) for config in configurations}
+    # (head, batch-norm backbone): the margin head on the batch-norm backbone with --batch-norm
+    heads = [("softmax", False), ("margin", False)] + ([("margin", True)] if args.batch_norm else [])
+    configurations = [(head, batch_norm, xla) for head, batch_norm in heads for xla in (False, True)]
+    models = {(head, batch_norm, xla): compiled_model(args, head, xla, batch_norm)
+              for head, batch_norm, xla in configurations}
     # rounds interleave the configurations, and the fastest round counts: on a shared machine
     # this keeps a burst of someone else's load from landing on one configuration only
     best = {config: float("inf") for config in configurations}
@@ -94,18 +102,27 @@ def main():
         for config in configurations:
             best[config] = min(best[config], seconds_per_step(*models[config], args.steps))
     results = {config: args.batch_size / best[config] for config in configurations}
-    baseline = results["softmax", False]
-    print(f"{'head':<26} {'XLA':<4} {'img/s':>8} {'vs softmax, no XLA':>20}")
-    for (head, xla), speed in results.items():
-        name = "plain softmax (Dense)" if head == "softmax" else "MarginSoftmax (A-Softmax)"
-        print(f"{name:<26} {'on' if xla else 'off':<4} {speed:8.2f} {speed / baseline:19.2f}x")
-    for head in ("softmax", "margin"):
-        print(f"XLA speed-up, {head} head: {results[head, True] / results[head, False]:.2f}x")
+    baseline = results["softmax", False, False]
+    print(f"{'head':<30} {'XLA':<4} {'img/s':>8} {'vs softmax, no XLA':>20}")
+    names = {("softmax", False): "plain softmax (Dense)", ("margin", False): "MarginSoftmax (A-Softmax)",
+             ("margin", True): "MarginSoftmax, BN backbone"}
+    for (head, batch_norm, xla), speed in results.items():
+        print(f"{names[head, batch_norm]:<30} {'on' if xla else 'off':<4} {speed:8.2f} "
+              f"{speed / baseline:19.2f}x")
+    for head, batch_norm in heads:
+        print(f"XLA speed-up, {names[head, batch_norm]}: "
+              f"{results[head, batch_norm, True] / results[head, batch_norm, False]:.2f}x")
     for xla in (False, True):
         print(
             f"MarginSoftmax cost, XLA {'on' if xla else 'off'}: "
-            f"{results['margin', xla] / results['softmax', xla]:.2f}x the plain softmax speed"
+            f"{results['margin', False, xla] / results['softmax', False, xla]:.2f}x the plain softmax speed"
         )
+        if args.batch_norm:
+            print(
+                f"batch-norm backbone, XLA {'on' if xla else 'off'}: "
+                f"{results['margin', True, xla] / results['margin', False, xla]:.2f}x the speed "
+                "without batch norm"
+            )
 
 
 if __name__ == "__main__":

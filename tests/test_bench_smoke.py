@@ -54,9 +54,9 @@ def test_train_throughput_smoke_reports_a_rate():
 @pytest.mark.slow
 def test_cpu_train_smoke_reports_every_head_with_and_without_xla():
     stdout = run_smoke("cpu_train.py", timeout=600, KERAS_BACKEND="tensorflow")
-    heads = ("plain softmax (Dense)", "MarginSoftmax (A-Softmax)")
-    rows = re.findall(r"^(plain softmax \(Dense\)|MarginSoftmax \(A-Softmax\)) +(on|off) +"
-                      r"([0-9.]+)", stdout, re.MULTILINE)
+    heads = ("plain softmax (Dense)", "MarginSoftmax (A-Softmax)", "MarginSoftmax, BN backbone")
+    rows = re.findall(r"^(plain softmax \(Dense\)|MarginSoftmax \(A-Softmax\)|MarginSoftmax, BN backbone)"
+                      r" +(on|off) +([0-9.]+)", stdout, re.MULTILINE)
     assert sorted((head, xla) for head, xla, _ in rows) == sorted(
         (head, xla) for head in heads for xla in ("off", "on")), stdout
     assert all(float(speed) > 0 for _, _, speed in rows)
