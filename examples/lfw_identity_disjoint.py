@@ -43,6 +43,12 @@ run's scores are recorded. `--aligned-dir` reuses crops aligned earlier (the LFW
 needs only pairs.txt), `--merge FILE` adds the runs another machine recorded in its copy of
 the results file; bench/device_lfw_sweep.py uses both to run the GPU recipe on a machine
 without TensorFlow, network or LFW.
+
+`--fuse MEMBER ...` trains nothing: it scores an ensemble of recorded runs, each MEMBER a
+config and the settings that pick its recipe (CONFIG@SETTING=VALUE,..., e.g.
+`arcface@epochs=60 a-softmax@epochs=45,jitter=0.05`). Per pair the fused score is the mean
+of the members' cosine scores, which is the cosine of the members' unit embeddings
+concatenated; the protocol then runs on the folds every member scored.
 """
 
 import argparse
@@ -176,6 +182,9 @@ def parse_args():
     parser.add_argument("--merge", default=None, metavar="FILE",
                         help="add the runs recorded in FILE (another machine's results file) "
                              "that the results file lacks, rewrite the table, and stop")
+    parser.add_argument("--fuse", nargs="+", default=None, metavar="MEMBER",
+                        help="score the ensemble of recorded runs (CONFIG@SETTING=VALUE,... "
+                             "each, e.g. arcface@epochs=60): mean cosine per pair; no training")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no further (config, fold) run after this many minutes")
     parser.add_argument("--smoke", action="store_true",
@@ -382,6 +391,29 @@ class SweepResults:
             self._write()
         return added
 
+    def member_runs(self, member):
+        """The runs of one --fuse member, CONFIG@SETTING=VALUE,...: the config's runs in the
+        one recipe whose settings have those values (a later setting absent from a recipe's
+        key has its default)."""
+        name, _, constraints = member.partition("@")
+        wanted = dict(item.partition("=")[::2] for item in constraints.split(",") if item)
+        settings = RECIPE + tuple(LATER_RECIPE)
+        if name not in CONFIGS or set(wanted) - set(settings) or "" in wanted.values():
+            raise UserInputError(
+                f"Expected --fuse members as CONFIG@SETTING=VALUE,... with CONFIG from "
+                f"{', '.join(CONFIGS)} and settings from {', '.join(settings)}. "
+                f"Received: {member!r}"
+            )
+        matches = [key for key, recipe in self.data["recipes"].items() if name in recipe["runs"]
+                   and all(_same_setting(recipe["settings"].get(setting, LATER_RECIPE.get(setting)),
+                                         value) for setting, value in wanted.items())]
+        if len(matches) != 1:
+            raise UserInputError(
+                f"Expected --fuse {member} to pick one recipe of {self.path} with {name} runs. "
+                f"Received: {len(matches)} such recipes" + "".join(f"\n  {key}" for key in matches)
+            )
+        return self.data["recipes"][matches[0]]["runs"][name]
+
     def _check_pair_count(self, key, name, fold, run, pairs):
         if "scores" not in run:
             return
@@ -457,6 +489,41 @@ def same_folds_lines(recipe_runs, pairs):
     return lines
 
 
+def _same_setting(recorded, text):
+    """Whether a recorded setting is the --fuse member's VALUE (numbers compared as numbers)."""
+    if str(recorded) == text:
+        return True
+    try:
+        return float(recorded) == float(text)
+    except (TypeError, ValueError):
+        return False
+
+
+def fused_runs(member_runs):
+    """Score-level fusion: on each fold every member scored, the mean of their scores."""
+    folds = set.intersection(*(set(scored_folds(runs)) for runs in member_runs))
+    return {str(fold): {"scores": np.mean([runs[str(fold)]["scores"] for runs in member_runs],
+                                          axis=0).tolist()} for fold in sorted(folds)}
+
+
+def fusion_table(members, member_runs, pairs):
+    """Markdown: each member, then their fusion, by the protocol on the folds all scored."""
+    fused = fused_runs(member_runs)
+    folds = scored_folds(fused)
+    if len(folds) < 2:
+        raise UserInputError(
+            f"Expected the --fuse members to have scored at least 2 folds in common. "
+            f"Received: folds {folds} in common"
+        )
+    lines = [f"Fusion on folds {','.join(map(str, folds))} (threshold of each fold chosen on "
+             "the others):", "", "| member | LFW accuracy | AUC |", "|---|---|---|"]
+    for name, runs in [*zip(members, member_runs), ("mean score of the above", fused)]:
+        report = fold_report(runs, folds, pairs)
+        lines.append(f"| {name} | {100 * report['accuracy_mean']:.2f} ± "
+                     f"{100 * report['accuracy_std']:.2f} % | {report['auc']:.4f} |")
+    return "\n".join(lines)
+
+
 def scored_folds(runs):
     """The folds of a config's runs that have scores (not those whose training diverged)."""
     return sorted(int(fold) for fold, run in runs.items() if "scores" in run)
@@ -506,12 +573,15 @@ def fold_report(runs, folds, pairs):
 def main():
     args = parse_args()
     started = time.time()
-    needs_images = args.aligned_dir is None and not args.merge  # merging reads only labels
-    lfw_dir = resolve_lfw_dir(args.lfw_dir, images=needs_images)
+    scores_only = args.merge or args.fuse  # merging and fusing read only the pair labels
+    lfw_dir = resolve_lfw_dir(args.lfw_dir, images=args.aligned_dir is None and not scores_only)
     images_dir = lfw_dir / LFW_IMAGES
     pairs = read_pairs(lfw_dir / LFW_PAIRS,
-                       None if args.merge else args.aligned_dir or images_dir)
+                       None if scores_only else args.aligned_dir or images_dir)
     results = SweepResults(args.results)
+    if args.fuse:
+        print(fusion_table(args.fuse, [results.member_runs(member) for member in args.fuse], pairs))
+        return
     if args.merge:
         added = results.merge(args.merge)
         print(f"{len(added)} runs added from {args.merge}: "

@@ -358,3 +358,56 @@ def test_the_margin_family_and_the_ablation_are_compared_each_on_its_own_folds(s
 
 def test_every_config_is_in_a_comparison(sweep):
     assert set(sweep.CONFIGS) == set().union(*sweep.COMPARISONS.values())
+
+
+def test_fuse_scores_the_mean_of_the_members_on_the_folds_all_scored(sweep, tmp_path):
+    pairs, scores = _pairs(num_folds=4)
+    other = _pairs(num_folds=4, seed=1)[1]
+    results = sweep.SweepResults(str(tmp_path / "sweep.json"))
+    longer = dict(SETTINGS, epochs=30)
+    for fold in (0, 1, 2, 3):
+        results.record(SETTINGS, "arcface", fold, scores[pairs.folds == fold], 60.0, "cpu")
+    for fold in (0, 2, 3):  # fold 1 not run for this member
+        results.record(longer, "a-softmax", fold, other[pairs.folds == fold], 60.0, "cpu")
+    members = ["arcface@epochs=20", "a-softmax@epochs=30"]
+    table = sweep.fusion_table(members, [results.member_runs(m) for m in members], pairs)
+
+    done = [0, 2, 3]
+    mean = (scores + other) / 2
+    for name, expected_scores in [(members[0], scores), (members[1], other),
+                                  ("mean score of the above", mean)]:
+        expected = _protocol_accuracy(expected_scores, pairs.is_same, pairs.folds, done)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {100 * expected:.2f} ± " in row
+    assert "Fusion on folds 0,2,3 " in table
+
+
+def test_a_fuse_member_picks_exactly_one_recipe(sweep, tmp_path, monkeypatch, capsys):
+    lfw = tmp_path / "lfw"  # pairs.txt only: fusing reads the labels, not the images
+    lfw.mkdir()
+    (lfw / "pairs.txt").write_text("2 1\nAnn 1 2\nAnn 1 Bob 1\nCid 1 2\nCid 1 Dan 1\n")
+    path = tmp_path / "sweep.json"
+    results = sweep.SweepResults(str(path))
+    warm = dict(SETTINGS, warmup_epochs=5.0)
+    for fold in (0, 1):
+        results.record(warm, "arcface", fold, np.array([0.9, 0.2]), 60.0, "cpu")
+        results.record(dict(warm, batch_norm=True), "arcface", fold, np.array([0.7, 0.3]),
+                       60.0, "cpu")
+
+    with pytest.raises(UserInputError, match="Received: 2 such recipes\n  backbone=.*warmup"):
+        results.member_runs("arcface@warmup_epochs=5")
+    with pytest.raises(UserInputError, match="Received: 0 such recipes"):
+        results.member_runs("softmax@warmup_epochs=5")
+    with pytest.raises(UserInputError, match="Received: 'arcface@epoch=20'"):
+        results.member_runs("arcface@epoch=20")  # no such setting
+    # numbers compare as numbers; a later setting absent from a key has its default
+    plain = results.member_runs("arcface@warmup_epochs=5,batch_norm=False")
+    assert plain["0"]["scores"] == [0.9, 0.2]
+
+    monkeypatch.setattr("sys.argv", ["x", "--lfw-dir", str(lfw), "--results", str(path),
+                                     "--fuse", "arcface@batch_norm=False",
+                                     "arcface@batch_norm=True"])
+    sweep.main()
+    out = capsys.readouterr().out
+    assert "| arcface@batch_norm=True | 100.00 ± 0.00 % |" in out
+    assert "| mean score of the above |" in out
